@@ -1,0 +1,32 @@
+# One venv serves nf-fit, nf-bench, ns-train and the tests.
+# torch 2.14.1 + torchvision 0.29.1 are the builds nerfstudio's torchvision needs (local wheels here).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e '.[dev,nerfstudio]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Fit the bundled photo with full-batch L-BFGS; results land in outputs/demo/.
+demo: $(STAMP)
+	$(VENV)/bin/nf-fit examples/astronaut_256.png --optim lbfgs --steps 300 --out outputs/demo --overwrite
+
+## The test suite (CPU, a few minutes). pytest's exit 5 (no tests collected) fails the target.
+test: $(STAMP)
+	$(PY) -m pytest
+
+## Every benchmark in benchmarks/, results written to benchmarks/results/.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
