@@ -1,0 +1,18 @@
+"""Coordinate networks: activations (sine, Gaussian, Gabor wavelet, ReLU, Fourier positional encoding),
+``CoordinateMLP``, and ``BatchedMLP`` (thousands of independent tiny MLPs, one ``baddbmm`` per layer)."""
+
+from nf_precond.nn.activations import ACTIVATIONS, FourierFeatures, GaborWavelet, Gaussian, Sine
+from nf_precond.nn.batched import BatchedMLP
+from nf_precond.nn.mlp import INITS, CoordinateMLP, MLPConfig
+
+__all__ = [
+    "ACTIVATIONS",
+    "INITS",
+    "BatchedMLP",
+    "CoordinateMLP",
+    "FourierFeatures",
+    "GaborWavelet",
+    "Gaussian",
+    "MLPConfig",
+    "Sine",
+]
