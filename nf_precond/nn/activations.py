@@ -79,7 +79,7 @@ class FourierFeatures(nn.Module):
     The output is ordered frequency-major: for each k, the d cosines then the d sines.
     """
 
-    frequencies: torch.Tensor
+    octaves: torch.Tensor
 
     def __init__(self, in_features: int, num_frequencies: int = 8) -> None:
         super().__init__()
@@ -87,15 +87,16 @@ class FourierFeatures(nn.Module):
             raise ValueError(f"pe_frequencies must be an integer >= 1, got {num_frequencies!r}; paper 2 uses 8")
         self.in_features = in_features
         self.num_frequencies = num_frequencies
+        # 2^k is exact in every float dtype; π is applied in the input's dtype so float64 stays float64-accurate.
         # A buffer, not a parameter: it follows .to(device) but is never trained.
-        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(num_frequencies), persistent=False)
+        self.register_buffer("octaves", 2.0 ** torch.arange(num_frequencies), persistent=False)
 
     @property
     def out_features(self) -> int:
         return 2 * self.num_frequencies * self.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angles = x.unsqueeze(-2) * self.frequencies.to(x.dtype).unsqueeze(-1)  # [..., L, d]
+        angles = math.pi * x.unsqueeze(-2) * self.octaves.to(x.dtype).unsqueeze(-1)  # [..., L, d]
         encoded = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # [..., L, 2d]
         return encoded.flatten(-2)
 
