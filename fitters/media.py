@@ -1,4 +1,4 @@
-"""Helpers the audio, video and occupancy signals share: atomic file output and coordinate grids."""
+"""Helpers the audio, video and occupancy signals share: atomic file output, coordinate grids, off-screen plots."""
 
 from __future__ import annotations
 
