@@ -62,8 +62,16 @@ class Signal(abc.ABC):
     def save_reconstruction(self, predict: Predict, out_dir: Path) -> Path:
         """Write the reconstruction (PNG/WAV/MP4/PLY) atomically into ``out_dir`` and return its path."""
 
+    def final_metrics(self, predict: Predict) -> dict[str, float]:
+        """Metrics for summary.json: ``evaluate`` plus any that are too costly to log every time (image SSIM)."""
+        return self.evaluate(predict)
+
     def preview(self, predict: Predict) -> np.ndarray | None:
         """An HxWx3 uint8 picture of the reconstruction for the viewer, or None when there is nothing to show."""
+        return None
+
+    def target_preview(self) -> np.ndarray | None:
+        """An HxWx3 uint8 picture of the target for the viewer (beside ``preview``), or None."""
         return None
 
 

@@ -1,0 +1,185 @@
+"""``nf-fit PATH``: fit one signal file with one optimizer and write the run directory (DESIGN.md, run contract).
+
+Bad input ends with one ``nf-fit: error: ...`` line on stderr and a non-zero exit status, never a traceback:
+2 = unusable input or flags, 3 = the loss diverged (the last good checkpoint is kept), 130 = interrupted (Ctrl-C;
+checkpoint and summary are written, ``--resume`` continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import tyro
+
+from fitters.config import FitConfig, config_from_dict, load_preset, omega0_argument, resolve, resolve_device, to_dict
+from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
+from fitters.run_dir import CONFIG, RunDir
+from fitters.signal import Signal
+from fitters.signals import load_signal
+from nf_precond.nn import CoordinateMLP
+from nf_precond.optim import OPTIMIZERS, build_optimizer, needs_graph
+from nf_precond.sampling import FullBatch, RandomBatches, Sampler
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+PREVIEW_INTERVAL_S = 0.5
+"""At most two viewer previews per second: rendering the whole field is an evaluation pass."""
+
+
+def build_components(config: FitConfig, signal: Signal) -> tuple[torch.nn.Module, torch.optim.Optimizer, Sampler]:
+    """The field, optimizer and sampler a resolved config describes, on the signal's device, seeded."""
+    device = signal.coords.device
+    torch.manual_seed(config.seed)
+    model = CoordinateMLP(
+        signal.in_features,
+        signal.out_features,
+        hidden=config.hidden,
+        layers=config.layers,
+        activation=config.act,
+        omega0=omega0_argument(config),
+        sigma=config.sigma,
+        wavelet_omega0=config.wavelet_omega0,
+        wavelet_s0=config.wavelet_s0,
+        pe_frequencies=config.pe_frequencies,
+        init=config.init,
+    ).to(device)
+    optimizer = build_optimizer(config.optim, model, lr=config.lr)
+    if config.compile:
+        if needs_graph(optimizer) or config.optim not in ("adam", "sgd", "lbfgs"):
+            raise ValueError(
+                f"--compile cannot be used with --optim {config.optim}: compiled fields have no double backward "
+                "(curvature estimates need it); drop --compile"
+            )
+        model.compile()
+    if config.batch_size == 0 or config.batch_size >= signal.num_samples:
+        sampler: Sampler = FullBatch()
+    else:
+        sampler = RandomBatches(signal.num_samples, config.batch_size, device=device, seed=config.seed)
+    return model, optimizer, sampler
+
+
+def loop_options(config: FitConfig) -> LoopOptions:
+    return LoopOptions(
+        steps=config.steps,
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        time_budget=config.time_budget,
+        target=config.target,
+        eval_chunk=config.eval_chunk,
+        reset_on_new_selection=OPTIMIZERS[config.optim].full_batch,
+    )
+
+
+def parse_config(argv: Sequence[str]) -> FitConfig:
+    """tyro parse with defaults from ``--config FILE`` or, for ``--resume``, from the run's own config.yaml."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--out", type=Path)
+    known, _ = pre.parse_known_args(list(argv))
+    default = FitConfig()
+    if known.resume and known.out is not None and (known.out / CONFIG).is_file():
+        default = load_preset(known.out / CONFIG)
+        default = dataclasses.replace(default, resume=False, overwrite=False, config=None, viewer=False)
+    elif known.config is not None:
+        default = load_preset(known.config)
+    return tyro.cli(FitConfig, args=list(argv), default=default, prog="nf-fit")
+
+
+def viewer_callback(config: FitConfig, signal: Signal) -> tuple[Any, LogCallback]:
+    """Start the live viewer (imported only when asked for) and a log callback that feeds it, previews throttled."""
+    from fitters.viewer import Viewer
+
+    viewer = Viewer(signal.target_preview(), port=config.viewer_port, title=f"nf-fit {config.path.name}")
+    print(f"nf-fit: viewer at {viewer.url}", file=sys.stderr)
+    last_preview = [-float("inf")]
+
+    def on_log(record: dict[str, Any], preview: Any) -> None:
+        image = None
+        if time.monotonic() - last_preview[0] >= PREVIEW_INTERVAL_S:
+            image = preview()
+            last_preview[0] = time.monotonic()
+        metric = record.get(signal.metric)
+        viewer.update(record["step"], record["time_s"], signal.metric, float("nan") if metric is None else metric, image)
+
+    return viewer, on_log
+
+
+def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir, FitConfig]:
+    """Resolve, validate, load, build, then (only then) create the run directory and fit."""
+    config = resolve(config)
+    device = resolve_device(config.device)
+    run_dir = RunDir.check(config.out, overwrite=config.overwrite, resume=config.resume)
+    signal = load_signal(config.path, config.signal).to(device)
+    model, optimizer, sampler = build_components(config, signal)
+    parameters = sum(p.numel() for p in model.parameters())
+    loop_extra = {"optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "path": str(config.path)}
+    viewer, on_log = viewer_callback(config, signal) if config.viewer else (None, None)
+    try:
+        loop = FitLoop(
+            signal, model, optimizer, sampler, loop_options(config),
+            run_dir=run_dir, on_log=on_log, progress=progress, summary_extra=loop_extra,
+        )
+        if config.resume:
+            try:
+                loop.load_state_dict(run_dir.load_checkpoint(device))
+            except (KeyError, RuntimeError, ValueError) as error:
+                raise ValueError(
+                    f"checkpoint in {run_dir.path} does not match this configuration ({str(error).splitlines()[0]}); "
+                    "resume with the run's original flags or start afresh with --overwrite"
+                ) from error
+        run_dir.prepare(resume=config.resume)
+        if config.resume:
+            run_dir.truncate_metrics(loop.step)
+        run_dir.write_config({**to_dict(config), "device": str(device), "parameters": parameters})
+        outcome = loop.run()
+    finally:
+        if viewer is not None:
+            viewer.close()
+    return outcome, run_dir, config
+
+
+def explain(outcome: FitOutcome, config: FitConfig, run_dir: RunDir) -> tuple[int, str | None]:
+    """Exit status and the one stderr line for runs that did not end normally."""
+    if outcome.status == "diverged":
+        lr = config.lr if config.lr is not None else OPTIMIZERS[config.optim].defaults.get("lr")
+        return EXIT_DIVERGED, (
+            f"loss became NaN/inf at step {outcome.diverged_at} with --optim {config.optim} --lr {lr:g}; "
+            f"lower --lr (e.g. --lr {lr / 10:g}). Kept the last good checkpoint (step {outcome.step}) in {run_dir.path}"
+        )
+    if outcome.status == "interrupted":
+        return EXIT_INTERRUPTED, (
+            f"interrupted at step {outcome.step}; checkpoint and summary written to {run_dir.path}; "
+            f"continue with: nf-fit {config.path} --out {run_dir.path} --resume"
+        )
+    return 0, None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config = parse_config(argv)
+        outcome, run_dir, config = run(config)
+    except ValueError as error:  # SignalError, RunDirError and config errors: one line, no traceback
+        print(f"nf-fit: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nf-fit: interrupted; the run folder keeps its last checkpoint (continue with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    code, message = explain(outcome, config, run_dir)
+    if message is not None:
+        print(f"nf-fit: {'error: ' if code == EXIT_DIVERGED else ''}{message}", file=sys.stderr)
+        return code
+    summary = ", ".join(f"{key} {value:.4g}" for key, value in outcome.final_metrics.items())
+    print(f"nf-fit: {outcome.status} at step {outcome.step} ({outcome.time_s:.1f} s): {summary}; wrote {run_dir.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""``FitConfig``: every setting of one fit; ``nf-fit --help`` is generated from it by tyro.
+
+Presets (``configs/**/*.yaml``, given as ``--config FILE``) hold the same keys as this dataclass (``batch_size`` or
+``batch-size``; nested ``signal: {resize: [128, 128]}``); their values become the defaults and command-line flags
+override them. ``None`` for ``lr``, ``batch_size`` and ``log_every`` means "this optimizer's default" (see
+``resolve``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import tyro
+import yaml
+
+from fitters.signal import SignalOptions
+from nf_precond.nn import ACTIVATIONS
+from nf_precond.optim import OPTIMIZERS
+
+OptimName = Literal["adam", "sgd", "esgd", "esgd-max", "adahessian-j", "adahessian-e", "shampoo", "kfac", "lbfgs"]
+ActName = Literal["sine", "gauss", "wavelet", "relu", "relu-pe"]
+
+DEFAULT_MINI_BATCH = 512
+"""Paper 2's mini-batch size for every stochastic optimizer (image experiments)."""
+NO_PATH = Path("")
+"""Placeholder for the positional PATH while a preset is loaded; ``validate`` insists on a real one."""
+
+
+@dataclass
+class FitConfig:
+    """Fit a neural field to PATH (image, audio, video or mesh; the type comes from the file suffix)."""
+
+    path: tyro.conf.Positional[Path] = NO_PATH
+    """The signal file: .png/.jpg (image), .wav/.flac (audio), .mp4/.avi/.mov (video), .obj/.ply/.off/.stl (mesh)."""
+    optim: OptimName = "adam"
+    """Optimizer (nf_precond.optim.OPTIMIZERS); lbfgs is full batch with a line search."""
+    act: ActName = "sine"
+    """Activation of the coordinate MLP."""
+    hidden: int = 64
+    """Width of every hidden layer (paper 1 images: 64; paper 2: 256)."""
+    layers: int = 4
+    """Number of activated hidden layers (a final linear layer follows them)."""
+    omega0: tuple[float, ...] = (30.0,)
+    """Sine ω0: one value for all hidden layers or one per layer (audio SIREN: 3000 3000 30 30)."""
+    sigma: float = 0.05
+    """Gaussian activation width σ in exp(-x²/(2σ²))."""
+    wavelet_omega0: float = 10.0
+    """Gabor wavelet frequency ω0."""
+    wavelet_s0: float = 10.0
+    """Gabor wavelet inverse width s0."""
+    pe_frequencies: int = 8
+    """relu-pe: number L of positional-encoding octaves."""
+    init: Literal["auto", "siren", "kaiming", "xavier", "default"] = "auto"
+    """Weight initialisation; auto = SIREN for sine, PyTorch's default otherwise."""
+    lr: float | None = None
+    """Learning rate; None = the optimizer's paper default (adam 1e-4, esgd 0.15, lbfgs 1.0, ...)."""
+    steps: int = 1000
+    """Optimizer steps to take (one L-BFGS iteration per step); with --resume, the total including earlier steps."""
+    time_budget: float | None = None
+    """Stop after this many seconds of training time (evaluation excluded); None = no limit."""
+    target_psnr: float | None = None
+    """Stop once the headline metric reaches this value (alias of --target-metric, for PSNR signals)."""
+    target_metric: float | None = None
+    """Stop once the signal's headline metric (psnr, or iou for meshes) reaches this value; None = never."""
+    batch_size: int | None = None
+    """Samples per step; 0 = full batch; None = full batch for lbfgs, 512 (paper 2) for the other optimizers."""
+    log_every: int | None = None
+    """Evaluate and log every N steps (and always at the end); None = every step for lbfgs, else steps/100."""
+    checkpoint_every: int | None = None
+    """Write checkpoint.pt every N steps at a log (and at the end); None = at most every 30 s of wall time."""
+    eval_chunk: int = 65536
+    """Coordinates per forward pass when evaluating the whole signal (memory bound, not a result)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available, else cpu."""
+    compile: bool = False
+    """torch.compile the field (first-order and L-BFGS optimizers only: compiled graphs have no double backward)."""
+    seed: int = 0
+    """Seed for initialisation, mini-batch order and curvature probes."""
+    out: Path | None = None
+    """Run directory; None = outputs/<file name>/<optim>-<timestamp>/."""
+    overwrite: bool = False
+    """Replace the run files in an existing --out."""
+    resume: bool = False
+    """Continue the run in --out from its checkpoint.pt (its config.yaml supplies the defaults)."""
+    config: Path | None = None
+    """A YAML preset (configs/...); its values are defaults that flags override."""
+    viewer: bool = False
+    """Serve a live viser view of the fit (reconstruction, target, PSNR curve) on 127.0.0.1."""
+    viewer_port: int = 8080
+    """Port of the --viewer server."""
+    signal: SignalOptions = field(default_factory=SignalOptions)
+    """How the file becomes a signal (resize, frames, points, ...)."""
+
+    @property
+    def target(self) -> float | None:
+        """The generic stopping target: --target-metric, or --target-psnr when only that is given."""
+        return self.target_metric if self.target_metric is not None else self.target_psnr
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve(config: FitConfig) -> FitConfig:
+    """Fill the per-optimizer defaults (lr, batch size, log interval, output folder) and validate the numbers."""
+    validate(config)
+    spec = OPTIMIZERS[config.optim]
+    lr = config.lr if config.lr is not None else spec.defaults.get("lr")
+    batch_size = config.batch_size
+    if batch_size is None:
+        batch_size = 0 if spec.full_batch else DEFAULT_MINI_BATCH
+    log_every = config.log_every
+    if log_every is None:
+        log_every = 1 if spec.full_batch else max(1, config.steps // 100)
+    out = config.out
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("outputs") / (config.path.stem or "signal") / f"{config.optim}-{stamp}"
+    resolved = dataclasses.replace(config, lr=lr, batch_size=batch_size, log_every=log_every, out=out)
+    validate(resolved)
+    return resolved
+
+
+def validate(config: FitConfig) -> None:
+    """One clear ValueError naming the flag for any impossible value."""
+    if config.path == NO_PATH:
+        raise ValueError("no signal file given; usage: nf-fit PATH [--optim ...] (see nf-fit --help)")
+    checks = [
+        (config.optim in OPTIMIZERS, f"--optim {config.optim!r} is unknown; choose one of {', '.join(OPTIMIZERS)}"),
+        (config.act in ACTIVATIONS, f"--act {config.act!r} is unknown; choose one of {', '.join(ACTIVATIONS)}"),
+        (config.steps >= 1, f"--steps must be >= 1, got {config.steps}"),
+        (config.hidden >= 1, f"--hidden must be >= 1, got {config.hidden}"),
+        (config.layers >= 1, f"--layers must be >= 1, got {config.layers}"),
+        (config.lr is None or config.lr > 0, f"--lr must be > 0, got {config.lr}"),
+        (config.batch_size is None or config.batch_size >= 0, f"--batch-size must be >= 0 (0 = full batch), got {config.batch_size}"),
+        (config.log_every is None or config.log_every >= 1, f"--log-every must be >= 1, got {config.log_every}"),
+        (config.checkpoint_every is None or config.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {config.checkpoint_every}"),
+        (config.time_budget is None or config.time_budget > 0, f"--time-budget must be > 0 seconds, got {config.time_budget}"),
+        (config.eval_chunk >= 1, f"--eval-chunk must be >= 1, got {config.eval_chunk}"),
+        (len(config.omega0) >= 1, "--omega0 needs at least one value"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def omega0_argument(config: FitConfig) -> float | tuple[float, ...]:
+    """``CoordinateMLP``'s omega0: a single number or one per hidden layer."""
+    return config.omega0[0] if len(config.omega0) == 1 else tuple(config.omega0)
+
+
+def _normalise_keys(values: dict[str, Any], source: Path) -> dict[str, Any]:
+    known = {f.name: f for f in dataclasses.fields(FitConfig)}
+    normalised: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ValueError(f"{source}: unknown setting {key!r}; valid keys are the nf-fit flags ({', '.join(known)})")
+        normalised[name] = value
+    return normalised
+
+
+def config_from_dict(values: dict[str, Any], source: Path) -> FitConfig:
+    """Build a ``FitConfig`` from preset/config.yaml values (lists become tuples, paths become Paths)."""
+    values = _normalise_keys(values, source)
+    signal_values = values.pop("signal", None) or {}
+    signal_fields = {f.name for f in dataclasses.fields(SignalOptions)}
+    unknown = set(signal_values) - signal_fields
+    if unknown:
+        raise ValueError(f"{source}: unknown signal setting(s) {sorted(unknown)}; valid: {sorted(signal_fields)}")
+    signal_values = {k: tuple(v) if isinstance(v, list) else v for k, v in signal_values.items()}
+    for name in ("path", "out", "config"):
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
+    if isinstance(values.get("omega0"), (int, float)):
+        values["omega0"] = (float(values["omega0"]),)
+    elif values.get("omega0") is not None:
+        values["omega0"] = tuple(float(v) for v in values["omega0"])
+    try:
+        return FitConfig(**values, signal=SignalOptions(**signal_values))
+    except TypeError as error:
+        raise ValueError(f"{source}: {error}") from error
+
+
+def load_preset(path: Path) -> FitConfig:
+    """Read a YAML preset; one clear error when the file is missing or not a mapping."""
+    if not path.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of nf-fit settings, got {type(values).__name__}")
+    return config_from_dict(values, path)
+
+
+def to_dict(config: FitConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,120 @@
+"""Images: PNG/JPEG (8- or 16-bit, gray, gray+alpha, RGB, RGBA) read with imageio, fitted as (x, y) -> colour.
+
+Coordinates are pixel centres on a [-1, 1] grid (x along columns, y along rows), targets are intensities in
+[0, 1]. Alpha is dropped (the colour channels are fitted as stored), so RGBA becomes RGB and gray+alpha gray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from skimage.transform import resize as resize_image
+
+from fitters import metrics
+from fitters.run_dir import atomic_path
+from fitters.signal import Predict, Signal, SignalError, SignalOptions
+
+SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def pixel_grid(height: int, width: int) -> torch.Tensor:
+    """[H*W, 2] (x, y) coordinates of the pixel centres in [-1, 1], row-major like ``image.reshape(-1, C)``."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    return torch.stack([xs, ys], dim=-1).reshape(-1, 2)
+
+
+def to_unit_float(pixels: np.ndarray, path: Path) -> np.ndarray:
+    """Integer or float pixels as float32 in [0, 1], H x W x C with C in {1, 3} (alpha dropped)."""
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 2, 3, 4):
+        raise SignalError(f"{path}: unsupported image layout {pixels.shape}; expected gray, RGB or RGBA pixels")
+    pixels = pixels[..., :1] if pixels.shape[-1] == 2 else pixels[..., :3]
+    if np.issubdtype(pixels.dtype, np.integer):
+        values = pixels.astype(np.float32) / np.iinfo(pixels.dtype).max
+    elif np.issubdtype(pixels.dtype, np.floating):
+        values = pixels.astype(np.float32)
+    else:
+        raise SignalError(f"{path}: unsupported pixel type {pixels.dtype}; save the image as 8- or 16-bit PNG/JPEG")
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        raise SignalError(f"{path}: pixel values outside [0, 1] after scaling; save the image as 8- or 16-bit PNG")
+    return values
+
+
+class ImageSignal(Signal):
+    """An H x W x C image; headline metric PSNR (data range 1), SSIM in the summary."""
+
+    kind: ClassVar[str] = "image"
+    metric: ClassVar[str] = "psnr"
+
+    def __init__(self, pixels: np.ndarray, name: str = "image"):
+        self.height, self.width, self.channels = pixels.shape
+        self.name = name
+        self.coords = pixel_grid(self.height, self.width)
+        self.targets = torch.from_numpy(np.ascontiguousarray(pixels)).reshape(-1, self.channels)
+
+    def _reconstruct(self, predict: Predict) -> torch.Tensor:
+        """H x W x C prediction clamped to the displayable range [0, 1]."""
+        return predict(self.coords).clamp(0, 1).reshape(self.height, self.width, self.channels)
+
+    def _target_image(self) -> torch.Tensor:
+        return self.targets.reshape(self.height, self.width, self.channels)
+
+    def evaluate(self, predict: Predict) -> dict[str, float]:
+        return {"psnr": metrics.psnr(self._reconstruct(predict), self._target_image())}
+
+    def final_metrics(self, predict: Predict) -> dict[str, float]:
+        image = self._reconstruct(predict)
+        target = self._target_image()
+        return {"psnr": metrics.psnr(image, target), "ssim": metrics.ssim(image, target)}
+
+    def save_reconstruction(self, predict: Predict, out_dir: Path) -> Path:
+        pixels = to_uint8(self._reconstruct(predict))
+        final = Path(out_dir) / "reconstruction.png"
+        with atomic_path(final) as temporary:
+            iio.imwrite(temporary, pixels[..., 0] if self.channels == 1 else pixels)
+        return final
+
+    def preview(self, predict: Predict) -> np.ndarray:
+        return as_rgb(to_uint8(self._reconstruct(predict)))
+
+    def target_preview(self) -> np.ndarray:
+        """The target as H x W x 3 uint8, what the viewer shows beside the reconstruction."""
+        return as_rgb(to_uint8(self._target_image()))
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.detach().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+
+
+def load(path: Path, options: SignalOptions) -> ImageSignal:
+    """Read ``path`` as an image signal, optionally resized to ``options.resize = (H, W)`` (anti-aliased)."""
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise SignalError(f"{path}: not a PNG/JPEG file; image signals read {', '.join(SUFFIXES)}")
+    try:
+        pixels = iio.imread(path)
+    except Exception as error:  # imageio/Pillow raise many types for truncated or foreign data
+        raise SignalError(
+            f"cannot read image {path} ({error.__class__.__name__}: {error}); check that it is a valid PNG or JPEG"
+        ) from error
+    if pixels.ndim == 4:  # animated PNG: fit the first frame
+        pixels = pixels[0]
+    values = to_unit_float(pixels, path)
+    if values.shape[0] < 2 or values.shape[1] < 2:
+        raise SignalError(f"{path}: image is {values.shape[0]}x{values.shape[1]} pixels; need at least 2x2")
+    if options.resize is not None:
+        if len(options.resize) != 2 or min(options.resize) < 2:
+            raise SignalError(f"--signal.resize {options.resize}: give two sizes >= 2, height then width")
+        height, width = options.resize
+        values = resize_image(values, (height, width, values.shape[-1]), anti_aliasing=True).astype(np.float32)
+        values = np.clip(values, 0.0, 1.0)
+    return ImageSignal(values, name=path.stem)

@@ -1,0 +1,221 @@
+"""The generic fit loop: records, counting, stopping rules, divergence roll-back, resume, sampler hooks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from fitters.image import ImageSignal
+from fitters.loop import FitLoop, LoopOptions, per_sample_errors
+from fitters.run_dir import RunDir
+from nf_precond.nn import CoordinateMLP
+from nf_precond.optim import NonFiniteLossError, build_optimizer
+from nf_precond.sampling import FullBatch, RandomBatches, Sampler
+
+
+def tiny_signal() -> ImageSignal:
+    """A 16x16 gray crop of the cameraman photo (paper 1's image)."""
+    return ImageSignal(data.camera()[200:232:2, 200:232:2, None].astype(np.float32) / 255.0)
+
+
+def tiny_model(seed: int = 0) -> CoordinateMLP:
+    torch.manual_seed(seed)
+    return CoordinateMLP(2, 1, hidden=16, layers=2, activation="sine")
+
+
+def make_loop(steps: int, *, optim: str = "adam", lr: float = 1e-3, sampler: Sampler | None = None, **kwargs) -> FitLoop:
+    signal = tiny_signal()
+    model = tiny_model()
+    options = kwargs.pop("options", None) or LoopOptions(steps=steps, log_every=kwargs.pop("log_every", 1))
+    return FitLoop(signal, model, build_optimizer(optim, model, lr=lr), sampler or FullBatch(), options, **kwargs)
+
+
+def test_records_and_progress() -> None:
+    outcome = make_loop(30, log_every=10).run()
+    assert outcome.status == "completed" and outcome.step == 30
+    assert [r["step"] for r in outcome.history] == [0, 10, 20, 30]
+    for record in outcome.history:
+        assert {"step", "time_s", "loss", "closure_evals", "psnr"} <= set(record)
+    times = [r["time_s"] for r in outcome.history]
+    assert times == sorted(times) and times[0] == 0.0
+    assert outcome.history[-1]["psnr"] > outcome.history[0]["psnr"] + 3  # Adam full batch learns
+    assert outcome.closure_evals == 30  # first-order: one closure per step
+    assert outcome.final_metrics["psnr"] == pytest.approx(outcome.history[-1]["psnr"])
+
+
+def test_logged_loss_is_the_steps_training_loss() -> None:
+    loop = make_loop(1)
+    model, signal = loop.model, loop.signal
+    with torch.no_grad():
+        before = torch.nn.functional.mse_loss(model(signal.coords), signal.targets).item()
+    outcome = loop.run()
+    assert outcome.history[-1]["loss"] == pytest.approx(before, rel=1e-5)
+
+
+def test_line_search_closure_evals_are_counted() -> None:
+    pytest.importorskip("nf_precond.optim.lbfgs")
+    loop = make_loop(5, optim="lbfgs", lr=1.0)
+    calls = []
+    original_step = loop.optimizer.step
+
+    def spy(closure):
+        def counting():
+            calls.append(1)
+            return closure()
+
+        return original_step(counting)
+
+    loop.optimizer.step = spy
+    outcome = loop.run()
+    assert outcome.closure_evals == len(calls) >= 5
+
+
+def test_evaluation_time_is_excluded(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = make_loop(2)
+    real_evaluate = loop.signal.evaluate
+
+    def slow_evaluate(predict):
+        time.sleep(1.0)
+        return real_evaluate(predict)
+
+    monkeypatch.setattr(loop.signal, "evaluate", slow_evaluate)
+    outcome = loop.run()  # three evaluations, 3 s of sleeping
+    assert outcome.time_s < 1.0
+
+
+def test_target_and_time_budget_stop_early() -> None:
+    reached = make_loop(200, options=LoopOptions(steps=200, log_every=5, target=12.0)).run()
+    assert reached.status == "target_reached" and reached.step < 200 and reached.history[-1]["psnr"] >= 12.0
+    budget = make_loop(200, options=LoopOptions(steps=200, log_every=5, time_budget=1e-9)).run()
+    assert budget.status == "time_budget" and budget.step <= 1
+
+
+class NaNAfter(ImageSignal):
+    """The loss turns NaN from the ``bad_call``-th loss evaluation on, like an lr that blew up."""
+
+    def __init__(self, pixels: np.ndarray, bad_call: int):
+        super().__init__(pixels)
+        self.calls, self.bad_call = 0, bad_call
+
+    def loss(self, pred, target):
+        self.calls += 1
+        loss = super().loss(pred, target)
+        return loss * float("nan") if self.calls >= self.bad_call else loss
+
+
+def test_divergence_rolls_back_to_last_good_checkpoint(tmp_path: Path) -> None:
+    signal = NaNAfter(tiny_signal().targets.reshape(16, 16, 1).numpy(), bad_call=8)
+    model = tiny_model()
+    run_dir = RunDir(tmp_path)
+    loop = FitLoop(
+        signal, model, build_optimizer("sgd", model, lr=1e-2), FullBatch(),
+        LoopOptions(steps=20, log_every=1, checkpoint_every=3), run_dir=run_dir,
+    )
+    outcome = loop.run()
+    assert outcome.status == "diverged" and outcome.diverged_at == 8
+    assert outcome.step == 6  # the last checkpoint before step 8
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    records = run_dir.read_metrics()
+    assert all(np.isfinite(r["loss"]) for r in records if r["loss"] is not None)
+    assert max(r["step"] for r in records) == 7
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == 8 and summary["steps"] == 6
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 6
+
+
+def test_optimizer_nonfinite_error_counts_as_divergence() -> None:
+    loop = make_loop(10)
+    calls = {"n": 0}
+    original_step = loop.optimizer.step
+
+    def failing_step(closure):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise NonFiniteLossError("loss is nan")
+        return original_step(closure)
+
+    loop.optimizer.step = failing_step
+    outcome = loop.run()
+    assert outcome.status == "diverged" and outcome.diverged_at == 4 and outcome.step == 3
+
+
+@pytest.mark.parametrize("optim, batch", [("adam", 64), ("sgd", 0)])
+def test_resume_continues_the_same_curve(tmp_path: Path, optim: str, batch: int) -> None:
+    def sampler(signal):
+        return RandomBatches(signal.num_samples, batch, seed=3) if batch else FullBatch()
+
+    def loop_for(run_dir: RunDir | None, steps: int) -> FitLoop:
+        signal, model = tiny_signal(), tiny_model()
+        return FitLoop(
+            signal, model, build_optimizer(optim, model, lr=1e-3), sampler(signal),
+            LoopOptions(steps=steps, log_every=4), run_dir=run_dir,
+        )
+
+    straight = loop_for(None, 12)
+    straight_outcome = straight.run()
+    run_dir = RunDir(tmp_path)
+    loop_for(run_dir, 8).run()
+    resumed = loop_for(run_dir, 12)
+    resumed.load_state_dict(run_dir.load_checkpoint(torch.device("cpu")))
+    resumed_outcome = resumed.run()
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [r["step"] for r in run_dir.read_metrics()] == [0, 4, 8, 12]
+    assert resumed_outcome.history[-1]["loss"] == straight_outcome.history[-1]["loss"]
+    assert resumed_outcome.closure_evals == straight_outcome.closure_evals
+
+
+class RecordingSampler(Sampler):
+    """Reselects every other step from the per-sample errors, like INT would."""
+
+    def __init__(self) -> None:
+        self.error_shapes: list[tuple[int, ...]] = []
+        self._changed = False
+
+    def next_indices(self, step, errors):
+        self._changed = step % 2 == 0
+        if self._changed:
+            values = errors()
+            assert not values.requires_grad
+            self.error_shapes.append(tuple(values.shape))
+        return torch.arange(0, 256, 2)
+
+    @property
+    def selection_changed(self) -> bool:
+        return self._changed
+
+    def stats(self):
+        return {"recording": True}
+
+
+def test_sampler_hooks_errors_reset_and_stats() -> None:
+    sampler = RecordingSampler()
+    loop = make_loop(6, sampler=sampler, options=LoopOptions(steps=6, log_every=3, reset_on_new_selection=True))
+    resets = []
+    loop.optimizer.reset = lambda: resets.append(loop.step)
+    outcome = loop.run()
+    assert sampler.error_shapes == [(256,)] * 3 and resets == [0, 2, 4]
+    assert all(r.get("recording") for r in outcome.history[1:])
+
+
+def test_per_sample_errors_match_dense_reference() -> None:
+    signal, model = tiny_signal(), tiny_model()
+    from fitters.loop import make_predict
+
+    errors = per_sample_errors(make_predict(model, chunk=37), signal)
+    with torch.no_grad():
+        expected = (model(signal.coords) - signal.targets).abs().sum(-1)
+    torch.testing.assert_close(errors, expected)
+
+
+def test_on_log_gets_records_and_previews() -> None:
+    seen = []
+    loop = make_loop(4, log_every=2, on_log=lambda record, preview: seen.append((record["step"], preview().shape)))
+    loop.run()
+    assert seen == [(0, (16, 16, 3)), (2, (16, 16, 3)), (4, (16, 16, 3))]
