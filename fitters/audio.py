@@ -10,10 +10,11 @@ from typing import ClassVar
 import numpy as np
 import soundfile
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio
 from torchmetrics.functional.audio import signal_noise_ratio
 
-from fitters.media import atomic_path, grid_coordinates, render_figure
+from fitters import metrics
+from fitters.media import grid_coordinates, render_figure
+from fitters.run_dir import atomic_path
 from fitters.signal import Predict, Signal, SignalError, SignalOptions
 
 RECONSTRUCTION_NAME = "reconstruction.wav"
@@ -60,7 +61,7 @@ class AudioSignal(Signal):
         """``psnr`` over a peak-to-peak range of 2 (targets live in [-1, 1]) and ``snr`` in dB, all channels."""
         pred = self._reconstruct(predict)
         return {
-            "psnr": float(peak_signal_noise_ratio(pred, self.targets, data_range=2.0)),
+            "psnr": metrics.psnr(pred, self.targets, data_range=2.0),
             "snr": float(signal_noise_ratio(pred.flatten(), self.targets.flatten())),
         }
 

@@ -1,36 +1,14 @@
-"""Helpers the audio, video and occupancy signals share: atomic file output, coordinate grids, off-screen plots."""
+"""Helpers the audio, video and occupancy signals share: coordinate grids and off-screen plots."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final`` to write to; on success it replaces ``final``, on error it is removed.
-
-    The temporary name keeps ``final``'s suffix because writers such as soundfile, imageio and trimesh pick the
-    format from it; it lives in the same folder so ``os.replace`` is an atomic rename, never a copy.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 file would survive the rename; the writer creates this name with normal permissions.
-    temporary = final.with_name(f".{final.stem}.{secrets.token_hex(6)}.tmp{final.suffix}")
-    try:
-        yield temporary
-        os.replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def grid_coordinates(shape: tuple[int, ...], device: torch.device | str | None = None) -> torch.Tensor:

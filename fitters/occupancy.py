@@ -17,7 +17,8 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
-from fitters.media import atomic_path, grid_coordinates
+from fitters.media import grid_coordinates
+from fitters.run_dir import atomic_path
 from fitters.signal import Predict, Signal, SignalError, SignalOptions
 
 RECONSTRUCTION_NAME = "reconstruction.ply"
@@ -32,6 +33,8 @@ AMBIGUOUS_WINDING = (0.2, 0.8)
 """A point whose |winding number| falls in this band is neither clearly inside (1) nor outside (0)."""
 MAX_AMBIGUOUS_SHARE = 0.01
 """Above this share of ambiguous held-out points the mesh has holes too large for labels to mean anything."""
+PREVIEW_RESOLUTION = 128
+"""Pixels per side of the preview slice."""
 GRID_CHUNK_POINTS = 1 << 20
 """Grid points evaluated per call when extracting the surface, so memory stays flat at any resolution."""
 
@@ -63,7 +66,6 @@ class OccupancySignal(Signal):
         self.scale = MESH_HALF_EXTENT / (mesh.extents.max() / 2.0)
         self._vertices = np.ascontiguousarray((mesh.vertices - self.center) * self.scale, dtype=np.float64)
         self._faces = np.ascontiguousarray(mesh.faces, dtype=np.int64)
-        self._slice_truth: np.ndarray | None = None
 
         rng = np.random.default_rng(options.seed)
         held_out = rng.uniform(-1.0, 1.0, size=(HELD_OUT_POINTS, 3))
@@ -148,15 +150,26 @@ class OccupancySignal(Signal):
             trimesh.Trimesh(vertices, faces, process=False).export(temporary, file_type="ply")
         return final
 
-    def preview(self, predict: Predict, resolution: int = 128) -> np.ndarray:
-        """The z = 0 slice, true occupancy on the left and the field's on the right (white = inside, y up)."""
-        plane = grid_coordinates((resolution, resolution))
-        points = torch.cat([plane[:, 1:2], -plane[:, 0:1], torch.zeros_like(plane[:, :1])], dim=1)  # row 0 at y = +1
-        if self._slice_truth is None or self._slice_truth.shape != (resolution, resolution):
-            self._slice_truth = self.labels(points.numpy()).reshape(resolution, resolution)
-        field = torch.sigmoid(predict(points.to(self.coords.device))).reshape(resolution, resolution).cpu().numpy()
-        gray = np.concatenate([self._slice_truth.astype(np.float32), field], axis=1)
-        return np.repeat((gray * 255.0).round().astype(np.uint8)[..., None], 3, axis=-1)
+    def preview(self, predict: Predict) -> np.ndarray:
+        """The field's occupancy probability on the z = 0 slice (white = inside, x to the right, y up)."""
+        probability = torch.sigmoid(predict(self._slice_points().to(self.coords.device)))
+        return _gray_picture(probability.reshape(PREVIEW_RESOLUTION, PREVIEW_RESOLUTION).cpu().numpy())
+
+    def target_preview(self) -> np.ndarray:
+        """The mesh's true occupancy on the same slice as ``preview``."""
+        inside = self.labels(self._slice_points().numpy())
+        return _gray_picture(inside.reshape(PREVIEW_RESOLUTION, PREVIEW_RESOLUTION).astype(np.float32))
+
+    @staticmethod
+    def _slice_points() -> torch.Tensor:
+        """[R*R, 3] points of the z = 0 plane in picture order: row 0 at y = +1, column 0 at x = -1."""
+        plane = grid_coordinates((PREVIEW_RESOLUTION, PREVIEW_RESOLUTION))
+        return torch.stack([plane[:, 1], -plane[:, 0], torch.zeros(len(plane))], dim=1)
+
+
+def _gray_picture(values: np.ndarray) -> np.ndarray:
+    """[H, W] values in [0, 1] as an HxWx3 uint8 gray picture."""
+    return np.repeat((values * 255.0).round().astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def _check_mesh(mesh: trimesh.Trimesh, name: str) -> None:

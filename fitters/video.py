@@ -10,9 +10,10 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 from skimage.transform import resize as resize_image
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from fitters.media import atomic_path, grid_coordinates
+from fitters import metrics
+from fitters.media import grid_coordinates
+from fitters.run_dir import atomic_path
 from fitters.signal import Predict, Signal, SignalError, SignalOptions
 
 RECONSTRUCTION_NAME = "reconstruction.mp4"
@@ -49,8 +50,7 @@ class VideoSignal(Signal):
         """PSNR of every frame (data range 1), in frame order."""
         pred = self._reconstruct(predict)
         target = self.targets.reshape(pred.shape)
-        per_frame = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-        return per_frame.reshape(-1).tolist()
+        return [metrics.psnr(frame, target_frame) for frame, target_frame in zip(pred, target)]
 
     def evaluate(self, predict: Predict) -> dict[str, float]:
         """``psnr``: the mean of the per-frame PSNRs; ``psnr_worst_frame``: the lowest of them."""
@@ -62,7 +62,7 @@ class VideoSignal(Signal):
 
         yuv420p needs even sizes, so an odd height or width gets one replicated edge row or column.
         """
-        frames = (self._reconstruct(predict) * 255.0).round().to(torch.uint8).cpu().numpy()
+        frames = _to_uint8(self._reconstruct(predict))
         _, height, width = self.frame_shape
         frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
         final = Path(out_dir) / RECONSTRUCTION_NAME
@@ -83,12 +83,23 @@ class VideoSignal(Signal):
                     writer.append_data(frame)
         return final
 
-    def preview(self, predict: Predict) -> np.ndarray:
-        """The reconstructed middle frame."""
+    def _middle_frame_rows(self) -> slice:
         pixels = self.frame_shape[1] * self.frame_shape[2]
         middle = self.num_frames // 2
-        frame = self._reconstruct(predict, self.coords[middle * pixels : (middle + 1) * pixels])[0]
-        return (frame * 255.0).round().to(torch.uint8).cpu().numpy()
+        return slice(middle * pixels, (middle + 1) * pixels)
+
+    def preview(self, predict: Predict) -> np.ndarray:
+        """The reconstructed middle frame."""
+        frame = self._reconstruct(predict, self.coords[self._middle_frame_rows()])[0]
+        return _to_uint8(frame)
+
+    def target_preview(self) -> np.ndarray:
+        """The target's middle frame, what the viewer shows beside ``preview``."""
+        return _to_uint8(self.targets[self._middle_frame_rows()].reshape(self.frame_shape[1:] + (3,)))
+
+
+def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    return (frames * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
 def _check_options(path: Path, options: SignalOptions) -> None:

@@ -130,12 +130,15 @@ def test_grid_is_evaluated_in_chunks(bone: OccupancySignal, monkeypatch: pytest.
     assert calls == [5 * 81, 4 * 81]
 
 
-def test_preview_shows_truth_beside_the_field(bone: OccupancySignal) -> None:
-    picture = bone.preview(lambda coords: (coords[:, :1] > 0).float() * 2 - 1, resolution=32)
-    assert picture.shape == (32, 64, 3) and picture.dtype == np.uint8
-    field = picture[:, 32:, 0]
+def test_previews_show_the_same_slice(bone: OccupancySignal, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fitters.occupancy.PREVIEW_RESOLUTION", 32)
+    field = bone.preview(lambda coords: (coords[:, :1] > 0).float() * 2 - 1)
+    truth = bone.target_preview()
+    assert field.shape == truth.shape == (32, 32, 3) and field.dtype == truth.dtype == np.uint8
     assert (field[:, 17:] > 127).all() and (field[:, :15] < 128).all()  # x grows to the right
-    assert picture[:, :32].max() == 255  # the bone crosses the z = 0 plane
+    assert truth.max() == 255 and truth.mean() < 128  # the thin bone crosses the z = 0 plane
+    tall = bone.preview(lambda coords: (coords[:, 1:2] > 0).float() * 2 - 1)
+    assert (tall[:15] > 127).all() and (tall[17:] < 128).all()  # y grows upwards
 
 
 def test_a_short_fit_learns_the_shape() -> None:

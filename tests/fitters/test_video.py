@@ -89,6 +89,7 @@ def test_preview_is_the_middle_frame(bikes: VideoSignal) -> None:
     expected = (bikes.targets.reshape(t, h, w, 3)[t // 2] * 255).round().to(torch.uint8).numpy()
     assert picture.dtype == np.uint8
     np.testing.assert_array_equal(picture, expected)
+    np.testing.assert_array_equal(bikes.target_preview(), expected)
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
