@@ -118,7 +118,6 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
     run_dir = RunDir.check(config.out, overwrite=config.overwrite, resume=config.resume)
     signal = load_signal(config.path, config.signal).to(device)
     model, optimizer, sampler = build_components(config, signal)
-    parameters = sum(p.numel() for p in model.parameters())
     loop_extra = {"optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "path": str(config.path)}
     viewer, on_log = viewer_callback(config, signal) if config.viewer else (None, None)
     try:
@@ -137,7 +136,7 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
         run_dir.prepare(resume=config.resume)
         if config.resume:
             run_dir.truncate_metrics(loop.step)
-        run_dir.write_config({**to_dict(config), "device": str(device), "parameters": parameters})
+        run_dir.write_config(to_dict(dataclasses.replace(config, device=device.type)))
         outcome = loop.run()
     finally:
         if viewer is not None:

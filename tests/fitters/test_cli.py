@@ -1,0 +1,186 @@
+"""``nf-fit``: the run directory contract, presets, resume, and every kind of bad input (one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import yaml
+from skimage import data
+
+from fitters.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def photo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "crop.png"
+    iio.imwrite(path, data.astronaut()[100:148:3, 200:248:3])  # 16x16 RGB
+    return path
+
+
+def fit(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_clean_line(err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_run_directory_contract(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    code, stdout, _ = fit([photo_path, "--optim", "adam", "--lr", "1e-3", "--steps", "8", "--log-every", "4",
+                           "--batch-size", "0", "--hidden", "16", "--layers", "2", "--out", out], capsys)
+    assert code == 0 and "completed" in stdout
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.jsonl", "summary.json", "reconstruction.png", "checkpoint.pt"}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 4, 8]
+    assert {"step", "time_s", "loss", "psnr", "closure_evals"} <= set(records[-1])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 8 and summary["closure_evals"] == 8
+    assert {"psnr", "ssim", "time_s", "parameters", "device"} <= set(summary)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["lr"] == 1e-3 and config["batch_size"] == 0 and config["hidden"] == 16
+    assert iio.imread(out / "reconstruction.png").shape == (16, 16, 3)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == 8 and {"model", "optimizer", "sampler", "rng", "time_s"} <= set(checkpoint)
+
+
+def test_optimizer_defaults_resolve(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert fit([photo_path, "--steps", "1", "--hidden", "8", "--layers", "1", "--out", out], capsys)[0] == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["optim"] == "adam" and config["lr"] == 1e-4 and config["batch_size"] == 512
+
+
+def test_preset_and_flag_override(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("optim: sgd\nlr: 0.005\nhidden: 8\nlayers: 1\nbatch-size: 64\nsignal:\n  resize: [8, 8]\n")
+    out = tmp_path / "run"
+    code, _, _ = fit([photo_path, "--config", preset, "--lr", "0.002", "--steps", "2", "--out", out], capsys)
+    assert code == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["optim"], config["lr"], config["hidden"], config["batch_size"]) == ("sgd", 0.002, 8, 64)
+    assert config["signal"]["resize"] == [8, 8]
+    assert iio.imread(out / "reconstruction.png").shape == (8, 8, 3)
+
+
+def test_every_shipped_image_preset_parses(tmp_path: Path, photo_path: Path) -> None:
+    from fitters.cli import parse_config
+    from fitters.config import resolve
+
+    presets = sorted((REPO / "configs" / "image").glob("*.yaml"))
+    assert presets, "configs/image/*.yaml missing"
+    for preset in presets:
+        resolve(parse_config([str(photo_path), "--config", str(preset), "--out", str(tmp_path / preset.stem)]))
+
+
+def test_resume_appends_and_continues(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    common = [photo_path, "--optim", "adam", "--lr", "1e-3", "--hidden", "8", "--layers", "1", "--log-every", "2",
+              "--batch-size", "32", "--out", out]
+    assert fit(common + ["--steps", "4"], capsys)[0] == 0
+    assert fit([photo_path, "--out", out, "--resume", "--steps", "8"], capsys)[0] == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 2, 4, 6, 8]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+    straight = tmp_path / "straight"
+    assert fit(common[:-1] + [straight, "--steps", "8"], capsys)[0] == 0
+    last = lambda run: json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
+    assert last(out)["loss"] == last(straight)["loss"] and last(out)["psnr"] == last(straight)["psnr"]
+
+
+@pytest.mark.parametrize(
+    "make_args, needles",
+    [
+        (lambda tmp, img: [tmp / "missing.png"], ["no such file"]),
+        (lambda tmp, img: [tmp / "corrupt.png"], ["cannot read image", "corrupt.png"]),
+        (lambda tmp, img: [tmp / "notes.txt"], ["unsupported file type"]),
+        (lambda tmp, img: [img, "--steps", "0"], ["--steps"]),
+        (lambda tmp, img: [img, "--lr", "-1"], ["--lr"]),
+        (lambda tmp, img: [img, "--config", tmp / "bad.yaml"], ["unknown setting 'learning_rate'"]),
+        (lambda tmp, img: [img, "--resume"], ["nothing to resume"]),
+        (lambda tmp, img: [img, "--compile", "--optim", "esgd"], ["--compile"]),
+        (lambda tmp, img: [], ["no signal file"]),
+    ],
+    ids=["missing", "corrupt", "extension", "steps", "lr", "preset-key", "resume-empty", "compile-esgd", "no-path"],
+)
+def test_bad_input_one_line_no_output(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture, make_args, needles) -> None:
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "notes.txt").write_text("not a signal")
+    (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")
+    out = tmp_path / "run"
+    code, _, err = fit(make_args(tmp_path, photo_path) + ["--out", out, "--hidden", "8", "--layers", "1"], capsys)
+    assert code == 2
+    assert_one_clean_line(err, *needles)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_existing_out_needs_overwrite(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    code, _, err = fit([photo_path, "--steps", "1", "--out", out], capsys)
+    assert code == 2
+    assert_one_clean_line(err, "--overwrite")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert fit([photo_path, "--steps", "1", "--hidden", "8", "--layers", "1", "--out", out, "--overwrite"], capsys)[0] == 0
+    assert (out / "keep.txt").exists() and (out / "summary.json").exists()
+
+
+def test_divergence_keeps_last_good_checkpoint(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    code, _, err = fit([photo_path, "--optim", "sgd", "--lr", "1e12", "--steps", "50", "--log-every", "1",
+                        "--checkpoint-every", "1", "--batch-size", "0", "--out", out], capsys)
+    assert code == 3
+    assert_one_clean_line(err, "NaN/inf", "lower --lr")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] > summary["steps"]
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == summary["steps"]
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["psnr"]) for r in records)
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_checkpoint_and_resume_continues(tmp_path: Path, photo_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "fitters.cli", str(photo_path), "--optim", "adam", "--lr", "1e-3", "--hidden", "8",
+            "--layers", "1", "--steps", "1000000", "--log-every", "50", "--batch-size", "0", "--out", str(out)]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert_one_clean_line(err, "interrupted at step", "--resume")
+    summary = json.loads((out / "summary.json").read_text())
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert summary["status"] == "interrupted" and checkpoint["step"] == summary["steps"] > 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    stopped_at = summary["steps"]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fitters.cli", str(photo_path), "--out", str(out), "--resume", "--steps", str(stopped_at + 10)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == stopped_at + 10 and steps == sorted(set(steps))
