@@ -24,7 +24,8 @@ def _derivatives(module: torch.nn.Module, x: float) -> tuple[float, float, float
 
 # (module, φ, φ', φ'') with the derivatives written out by hand (paper 2, supplementary Sec. 2).
 OMEGA, SIGMA, W0, S0 = 30.0, 0.05, 10.0, 10.0
-CASES: dict[str, tuple[torch.nn.Module, Callable[[float], float], Callable[[float], float], Callable[[float], float]]] = {
+Scalar = Callable[[float], float]
+CASES: dict[str, tuple[torch.nn.Module, Scalar, Scalar, Scalar]] = {
     "sine": (
         Sine(OMEGA),
         lambda x: math.sin(OMEGA * x),
