@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import tyro
 
-from fitters.config import FitConfig, config_from_dict, load_preset, omega0_argument, resolve, resolve_device, to_dict
+from fitters.config import FitConfig, apply_threads, load_preset, omega0_argument, resolve, resolve_device, to_dict
 from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
 from fitters.run_dir import CONFIG, RunDir
 from fitters.signal import Signal
@@ -115,6 +115,7 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
     """Resolve, validate, load, build, then (only then) create the run directory and fit."""
     config = resolve(config)
     device = resolve_device(config.device)
+    apply_threads(config)
     run_dir = RunDir.check(config.out, overwrite=config.overwrite, resume=config.resume)
     signal = load_signal(config.path, config.signal).to(device)
     model, optimizer, sampler = build_components(config, signal)

@@ -77,6 +77,8 @@ class FitConfig:
     """Coordinates per forward pass when evaluating the whole signal (memory bound, not a result)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = cuda when available, else cpu."""
+    threads: int | None = None
+    """CPU threads for torch; None = torch's default. On a busy shared machine 1 avoids oversubscription stalls."""
     compile: bool = False
     """torch.compile the field (first-order and L-BFGS optimizers only: compiled graphs have no double backward)."""
     seed: int = 0
@@ -100,6 +102,11 @@ class FitConfig:
     def target(self) -> float | None:
         """The generic stopping target: --target-metric, or --target-psnr when only that is given."""
         return self.target_metric if self.target_metric is not None else self.target_psnr
+
+
+def apply_threads(config: FitConfig) -> None:
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,6 +152,7 @@ def validate(config: FitConfig) -> None:
         (config.log_every is None or config.log_every >= 1, f"--log-every must be >= 1, got {config.log_every}"),
         (config.checkpoint_every is None or config.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {config.checkpoint_every}"),
         (config.time_budget is None or config.time_budget > 0, f"--time-budget must be > 0 seconds, got {config.time_budget}"),
+        (config.threads is None or config.threads >= 1, f"--threads must be >= 1, got {config.threads}"),
         (config.eval_chunk >= 1, f"--eval-chunk must be >= 1, got {config.eval_chunk}"),
         (len(config.omega0) >= 1, "--omega0 needs at least one value"),
     ]
@@ -158,8 +166,8 @@ def omega0_argument(config: FitConfig) -> float | tuple[float, ...]:
     return config.omega0[0] if len(config.omega0) == 1 else tuple(config.omega0)
 
 
-def _normalise_keys(values: dict[str, Any], source: Path) -> dict[str, Any]:
-    known = {f.name: f for f in dataclasses.fields(FitConfig)}
+def _normalise_keys(values: dict[str, Any], source: Path, cls: type[FitConfig]) -> dict[str, Any]:
+    known = {f.name: f for f in dataclasses.fields(cls)}
     normalised: dict[str, Any] = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
@@ -169,9 +177,10 @@ def _normalise_keys(values: dict[str, Any], source: Path) -> dict[str, Any]:
     return normalised
 
 
-def config_from_dict(values: dict[str, Any], source: Path) -> FitConfig:
-    """Build a ``FitConfig`` from preset/config.yaml values (lists become tuples, paths become Paths)."""
-    values = _normalise_keys(values, source)
+def config_from_dict(values: dict[str, Any], source: Path, cls: type[FitConfig] = FitConfig) -> FitConfig:
+    """Build a ``FitConfig`` (or a subclass, e.g. nf-bench's) from preset/config.yaml values (lists become tuples,
+    paths become Paths)."""
+    values = _normalise_keys(values, source, cls)
     signal_values = values.pop("signal", None) or {}
     signal_fields = {f.name for f in dataclasses.fields(SignalOptions)}
     unknown = set(signal_values) - signal_fields
@@ -186,12 +195,12 @@ def config_from_dict(values: dict[str, Any], source: Path) -> FitConfig:
     elif values.get("omega0") is not None:
         values["omega0"] = tuple(float(v) for v in values["omega0"])
     try:
-        return FitConfig(**values, signal=SignalOptions(**signal_values))
+        return cls(**values, signal=SignalOptions(**signal_values))
     except TypeError as error:
         raise ValueError(f"{source}: {error}") from error
 
 
-def load_preset(path: Path) -> FitConfig:
+def load_preset(path: Path, cls: type[FitConfig] = FitConfig) -> FitConfig:
     """Read a YAML preset; one clear error when the file is missing or not a mapping."""
     if not path.is_file():
         raise ValueError(f"--config {path}: no such file")
@@ -201,7 +210,7 @@ def load_preset(path: Path) -> FitConfig:
         raise ValueError(f"--config {path}: not valid YAML ({str(error).splitlines()[0]})") from error
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a mapping of nf-fit settings, got {type(values).__name__}")
-    return config_from_dict(values, path)
+    return config_from_dict(values, path, cls)
 
 
 def to_dict(config: FitConfig) -> dict[str, Any]:

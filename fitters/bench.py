@@ -1,0 +1,259 @@
+"""``nf-bench PATH --optims adam,adam@1e-3,lbfgs``: several optimizers on one signal, one process, one seed.
+
+Every run gets the same signal, the same initial weights (same seed) and the same settings apart from its optimizer
+(and that optimizer's default lr / batch size / log interval unless given). The report gives, each as a ratio to
+the FIRST run: time and iterations to a target metric (default: the first run's final metric), the metric at equal
+time (the shortest run's training time), and the per-step cost. It writes ``<results-dir>/<name>.md`` and
+``.json`` and two PNG plots (metric vs time, metric vs step). Times are training time (evaluation excluded), so
+ratios within one run of nf-bench are comparable; absolute seconds depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import tyro
+
+from fitters import metrics
+from fitters.cli import EXIT_USAGE, build_components, loop_options
+from fitters.config import FitConfig, apply_threads, load_preset, resolve, resolve_device, to_dict
+from fitters.loop import FitLoop
+from fitters.run_dir import atomic_path, atomic_write_text, to_plain
+from fitters.signal import Signal
+from fitters.signals import load_signal
+from nf_precond.optim import OPTIMIZERS
+
+
+@dataclass
+class BenchConfig(FitConfig):
+    """Compare optimizers on PATH; every nf-fit flag sets the shared settings (e.g. --hidden, --batch-size)."""
+
+    optims: str = "adam,lbfgs"
+    """Comma-separated runs, each NAME or NAME@LR (e.g. adam@1e-4,adam@1e-3,lbfgs); ratios are to the first."""
+    name: str | None = None
+    """Results file stem; None = <signal kind>_<file stem>."""
+    results_dir: Path = Path("benchmarks/results")
+    """Where <name>.md, <name>.json and the plots go."""
+    stop_at_target: bool = False
+    """Stop runs after the first once they reach the target (saves time; their equal-time curves end there)."""
+
+
+@dataclass
+class RunSpec:
+    label: str
+    optim: str
+    lr: float | None
+
+
+def parse_optims(text: str) -> list[RunSpec]:
+    specs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, lr_text = item.partition("@")
+        if name not in OPTIMIZERS:
+            raise ValueError(f"--optims: unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+        try:
+            lr = float(lr_text) if lr_text else None
+        except ValueError as error:
+            raise ValueError(f"--optims: {item!r} has a bad learning rate; write NAME@LR, e.g. adam@1e-3") from error
+        specs.append(RunSpec(item, name, lr))
+    if not specs:
+        raise ValueError("--optims is empty; give e.g. --optims adam,lbfgs")
+    return specs
+
+
+def run_config(base: BenchConfig, spec: RunSpec) -> FitConfig:
+    """The resolved nf-fit config of one run: the shared settings with this run's optimizer (and lr)."""
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(FitConfig)}
+    fields.update(optim=spec.optim, lr=spec.lr if spec.lr is not None else base.lr, out=Path("unused"))
+    return resolve(FitConfig(**fields))
+
+
+def fit_one(config: FitConfig, signal: Signal, target: float | None) -> dict[str, Any]:
+    model, optimizer, sampler = build_components(config, signal)
+    options = dataclasses.replace(loop_options(config), target=target)
+    outcome = FitLoop(signal, model, optimizer, sampler, options, progress=True).run()
+    return {
+        "optim": config.optim,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
+        "status": outcome.status,
+        "steps": outcome.step,
+        "time_s": outcome.time_s,
+        "closure_evals": outcome.closure_evals,
+        "final": outcome.final_metrics,
+        "curve": outcome.history,
+    }
+
+
+def analyse(runs: list[dict[str, Any]], metric: str, target: float) -> float:
+    """Add target/equal-time/step-cost figures and ratios to the first run; return the equal time."""
+    equal_time = min(run["time_s"] for run in runs)
+    for run in runs:
+        curve = run["curve"]
+        run["time_to_target_s"] = metrics.first_crossing(curve, metric, target, "time_s")
+        run["steps_to_target"] = metrics.first_crossing(curve, metric, target, "step")
+        run[f"{metric}_at_equal_time"] = metrics.value_at(curve, metric, "time_s", equal_time)
+        run["ms_per_step"] = 1000 * run["time_s"] / max(run["steps"], 1)
+        run["closure_evals_per_step"] = run["closure_evals"] / max(run["steps"], 1)
+    first = runs[0]
+    for run in runs:
+        run["ratios"] = {
+            "time_to_target": metrics.ratio(run["time_to_target_s"], first["time_to_target_s"]),
+            "steps_to_target": metrics.ratio(run["steps_to_target"], first["steps_to_target"]),
+            f"{metric}_at_equal_time": metrics.ratio(run[f"{metric}_at_equal_time"], first[f"{metric}_at_equal_time"]),
+            "ms_per_step": metrics.ratio(run["ms_per_step"], first["ms_per_step"]),
+        }
+        reached, first_reached = run["time_to_target_s"], first["time_to_target_s"]
+        run["speedup_vs_first"] = (
+            first_reached / reached if reached and first_reached
+            else None
+        )
+        # The first run never got there: it ran for its whole time, so the speed-up is at least this.
+        run["speedup_vs_first_at_least"] = first["time_s"] / reached if reached and first_reached is None else None
+    return equal_time
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "–"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    metric, target = report["metric"], report["target"]
+    lines = [
+        f"# {report['name']}",
+        "",
+        f"Signal `{report['path']}` ({report['signal']}, {report['samples']} samples); field: {report['field']}; "
+        f"seed {report['seed']}; device {report['device']} ({report['threads']} threads); torch {report['torch']}.",
+        f"Target {metric} = {target:.2f} ({report['target_source']}); equal time = {report['equal_time_s']:.1f} s "
+        "(the shortest run). Times are training time, evaluation excluded. Ratios are to the first run "
+        f"(`{report['runs'][0]['label']}`); speed-up = first's time to target / this run's.",
+        "",
+        f"| run | batch | steps | time s | final {metric} | time to target s | steps to target | speed-up | "
+        f"{metric} at equal time | ms/step (ratio) | closure evals/step | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        speedup = _fmt(run["speedup_vs_first"], ".2f") + "x" if run["speedup_vs_first"] else (
+            f"> {run['speedup_vs_first_at_least']:.2f}x" if run["speedup_vs_first_at_least"] else "–"
+        )
+        lines.append(
+            f"| {run['label']} | {run['batch_size'] or 'full'} | {run['steps']} | {run['time_s']:.1f} | "
+            f"{_fmt(run['final'].get(metric), '.2f')} | {_fmt(run['time_to_target_s'], '.1f')} | "
+            f"{_fmt(run['steps_to_target'], '.0f')} ({_fmt(run['ratios']['steps_to_target'], '.2f')}) | {speedup} | "
+            f"{_fmt(run[f'{metric}_at_equal_time'], '.2f')} | {run['ms_per_step']:.1f} "
+            f"({_fmt(run['ratios']['ms_per_step'], '.2f')}) | {run['closure_evals_per_step']:.2f} | {run['status']} |"
+        )
+    lines += ["", f"Reproduce: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], results_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, written = report["metric"], []
+    for axis, label, suffix in (("time_s", "training time (s)", "time"), ("step", "iteration", "step")):
+        figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+        for run in report["runs"]:
+            points = [(r[axis], r[metric]) for r in run["curve"] if r.get(metric) is not None]
+            axes.plot(*zip(*points), label=run["label"])
+        axes.axhline(report["target"], color="gray", linestyle=":", linewidth=1, label=f"target {report['target']:.1f}")
+        axes.set_xlabel(label)
+        axes.set_ylabel(metric.upper())
+        if axis == "step":
+            axes.set_xscale("symlog", linthresh=10)
+        axes.set_title(report["name"])
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        final = results_dir / f"{report['name']}_{metric}_vs_{suffix}.png"
+        with atomic_path(final) as temporary:
+            figure.savefig(temporary)
+        plt.close(figure)
+        written.append(final.name)
+    return written
+
+
+def parse_bench(argv: Sequence[str]) -> BenchConfig:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(list(argv))
+    default = load_preset(known.config, BenchConfig) if known.config else BenchConfig()
+    return tyro.cli(BenchConfig, args=list(argv), default=default, prog="nf-bench")
+
+
+def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
+    specs = parse_optims(config.optims)
+    configs = [run_config(config, spec) for spec in specs]  # validates every run before any work
+    device = resolve_device(config.device)
+    apply_threads(config)
+    signal = load_signal(config.path, config.signal).to(device)
+    name = config.name or f"{signal.kind}_{config.path.stem}"
+    config.results_dir.mkdir(parents=True, exist_ok=True)
+    target = config.target
+    runs: list[dict[str, Any]] = []
+    for spec, run_cfg in zip(specs, configs):
+        print(f"nf-bench: {spec.label} (lr {run_cfg.lr:g}, batch {run_cfg.batch_size or 'full'})", file=sys.stderr)
+        stop_target = target if (config.stop_at_target and runs) else None
+        runs.append({"label": spec.label, **fit_one(run_cfg, signal, stop_target)})
+        if target is None:
+            target = runs[0]["final"][signal.metric]
+    equal_time = analyse(runs, signal.metric, target)
+    first_cfg = configs[0]
+    report = {
+        "name": name,
+        "path": str(config.path),
+        "signal": signal.kind,
+        "samples": signal.num_samples,
+        "metric": signal.metric,
+        "target": target,
+        "target_source": "given" if config.target is not None else f"final {signal.metric} of the first run",
+        "equal_time_s": equal_time,
+        "field": f"{first_cfg.layers}x{first_cfg.hidden} {first_cfg.act}",
+        "seed": config.seed,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "command": "nf-bench " + " ".join(argv),
+        "settings": to_plain(to_dict(config)),
+        "runs": runs,
+    }
+    report["plots"] = plot(report, config.results_dir)
+    atomic_write_text(config.results_dir / f"{name}.json", json.dumps(to_plain(report), indent=1) + "\n")
+    atomic_write_text(config.results_dir / f"{name}.md", markdown(report))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        config = parse_bench(argv)
+        report = bench(config, argv)
+    except ValueError as error:
+        print(f"nf-bench: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nf-bench: interrupted; no results written", file=sys.stderr)
+        return 130
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
