@@ -58,7 +58,7 @@ class OccupancySignal(Signal):
         if not 0.0 <= options.surface_fraction <= 1.0:
             raise SignalError(f"{name}: --signal.surface-fraction must lie in [0, 1], got {options.surface_fraction}")
         if grid_resolution < 2:
-            raise SignalError(f"{name}: the marching-cubes grid needs at least 2 samples per axis, got {grid_resolution}")
+            raise SignalError(f"{name}: marching cubes needs at least 2 grid samples per axis, got {grid_resolution}")
         _check_mesh(mesh, name)
         self.name = name
         self.grid_resolution = grid_resolution
@@ -186,7 +186,8 @@ def load(path: Path, options: SignalOptions, grid_resolution: int = 128) -> Occu
     path = Path(path)
     for option in ("resize", "frames", "max_seconds"):
         if getattr(options, option) is not None:
-            raise SignalError(f"{path}: --signal.{option.replace('_', '-')} applies to other signals, not meshes; drop it")
+            flag = option.replace("_", "-")
+            raise SignalError(f"{path}: --signal.{flag} applies to other signals, not meshes; drop it")
     if not path.is_file():
         raise SignalError(f"{path}: no such file; check the path")
     if path.stat().st_size == 0:

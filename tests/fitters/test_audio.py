@@ -125,3 +125,14 @@ def test_silent_recording_is_rejected(tmp_path: Path) -> None:
 def test_options_that_do_not_apply_are_rejected(options: SignalOptions, message: str) -> None:
     with pytest.raises(SignalError, match=message):
         load(MONO, options)
+
+
+@pytest.mark.parametrize(
+    "preset", sorted((Path(__file__).parents[2] / "configs" / "audio").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
+    from fitters.cli import parse_config
+    from fitters.config import resolve
+
+    config = resolve(parse_config([str(MONO), "--config", str(preset), "--out", str(tmp_path)]))
+    assert load(config.path, config.signal).out_features == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -210,3 +211,16 @@ def test_bad_meshes_give_one_clear_error(tmp_path: Path, make, message: str) -> 
 def test_bad_options_are_rejected(options: SignalOptions, message: str) -> None:
     with pytest.raises(SignalError, match=message):
         load(BONE, options)
+
+
+@pytest.mark.parametrize(
+    "preset", sorted((Path(__file__).parents[2] / "configs" / "occupancy").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
+    from fitters.cli import parse_config
+    from fitters.config import resolve
+
+    config = resolve(parse_config([str(BONE), "--config", str(preset), "--out", str(tmp_path)]))
+    # The presets' 100k-1M points are the papers'; a thousand show the remaining options are valid.
+    signal = load(config.path, dataclasses.replace(config.signal, num_points=1000))
+    assert signal.num_samples == 1000 and 0 < config.signal.surface_fraction < 1

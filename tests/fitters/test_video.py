@@ -116,3 +116,16 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path, make, options: SignalOp
     with pytest.raises(SignalError, match=message) as caught:
         load(path, options)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "preset", sorted((Path(__file__).parents[2] / "configs" / "video").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
+    from fitters.cli import parse_config
+    from fitters.config import resolve
+
+    argv = [str(BIKES), "--config", str(preset), "--out", str(tmp_path), "--signal.frames", "0", "2"]
+    config = resolve(parse_config(argv))
+    signal = load(config.path, config.signal)
+    assert signal.frame_shape[1:] == tuple(config.signal.resize or signal.frame_shape[1:])
