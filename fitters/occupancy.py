@@ -2,8 +2,9 @@
 
 Paper 1 (supp. Sec. 4.3) samples 100k points; paper 2 (Sec. 5.2, supp. Sec. 4.2) one million: one third uniform in
 the volume, two thirds near the surface with Gaussian offsets of σ 0.1 and 0.01. Labels come from the generalized
-winding number (libigl's fast winding number), which stays right on meshes with small holes or flipped
-orientation, where ray-parity tests such as ``trimesh.contains`` break.
+winding number (libigl's fast winding number), which stays right on meshes with small holes, where ray tests such as
+``trimesh.contains`` slip (test bone with every 100th face removed, 20k points in its box: winding number 100 %,
+``contains`` 99.7 % agreement with the intact mesh). Meshes with large holes are refused: no labels are right there.
 """
 
 from __future__ import annotations
