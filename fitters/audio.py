@@ -49,10 +49,6 @@ class AudioSignal(Signal):
         self.coords = grid_coordinates((waveform.shape[0],))
         self.targets = torch.from_numpy((waveform / peak).astype(np.float32))
 
-    @property
-    def duration_s(self) -> float:
-        return self.num_samples / self.sample_rate
-
     def _reconstruct(self, predict: Predict) -> torch.Tensor:
         """The field's waveform clipped to the representable range, as it will be written."""
         return predict(self.coords).clamp(-1.0, 1.0)

@@ -106,10 +106,11 @@ def test_bad_files_give_one_clear_error(tmp_path: Path, make, message: str) -> N
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_silent_recording_is_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frames, message", [(100, "silent"), (0, "no audio samples")])
+def test_silent_or_sample_free_recording_is_rejected(tmp_path: Path, frames: int, message: str) -> None:
     silent = tmp_path / "silent.wav"
-    soundfile.write(silent, np.zeros((100, 1)), 8000)
-    with pytest.raises(SignalError, match="silent"):
+    soundfile.write(silent, np.zeros((frames, 1)), 8000)
+    with pytest.raises(SignalError, match=message):
         load(silent, SignalOptions())
 
 
