@@ -142,6 +142,7 @@ def test_previews_show_the_same_slice(bone: OccupancySignal, monkeypatch: pytest
     assert (tall[:15] > 127).all() and (tall[17:] < 128).all()  # y grows upwards
 
 
+@pytest.mark.slow  # ~1 s alone, but past 10 s while other jobs share the two cores
 def test_a_short_fit_learns_the_shape() -> None:
     torch.manual_seed(0)
     mesh = trimesh.creation.icosphere(subdivisions=2)
