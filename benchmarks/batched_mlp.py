@@ -114,6 +114,7 @@ def run_case(case: Case, device: torch.device, budget_s: float) -> dict[str, obj
 def _write_atomically(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(text)
+    os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates 0600; results are meant to be read by anyone
     os.replace(handle.name, path)
 
 
