@@ -230,13 +230,13 @@ class LLFF(DataParser):
         box = frustum_box(camera_to_worlds, bounds[:, 0], bounds[:, 1], cx / fx, cy / fy)
 
         indices = holdout_indices(len(poses), self.config.llffhold, split)
-        as_column = lambda values: torch.from_numpy(values[indices, None]).float()  # noqa: E731
+        fx, fy, cx, cy = (torch.from_numpy(values[indices, None]).float() for values in (fx, fy, cx, cy))
         cameras = Cameras(
             camera_to_worlds=torch.from_numpy(camera_to_worlds[indices]).float(),
-            fx=as_column(fx),
-            fy=as_column(fy),
-            cx=as_column(cx),
-            cy=as_column(cy),
+            fx=fx,
+            fy=fy,
+            cx=cx,
+            cy=cy,
             width=width,
             height=height,
             camera_type=CameraType.PERSPECTIVE,
@@ -334,27 +334,38 @@ def detect_layout(data: Path) -> Layout:
     raise DatasetLayoutError(f"{data}: unknown dataset layout, found none of {expected}; pass a scene folder")
 
 
-def check_blender_folder(data: Path, splits: Sequence[str] = ("train", "val")) -> None:
-    """Every split's transforms file exists and lists existing same-size images (Blender's loader assumes both)."""
-    for split in splits:
+def read_frames(transforms: Path) -> list[dict]:
+    """The `frames` of a transforms JSON file, each checked to name its image in `file_path`."""
+    try:
+        frames = load_from_json(transforms).get("frames")
+    except ValueError as error:
+        raise DatasetLayoutError(f"{transforms.parent}: {transforms.name} is not valid JSON ({error}); regenerate it")
+    if not frames or not all(isinstance(frame, dict) and "file_path" in frame for frame in frames):
+        raise DatasetLayoutError(
+            f"{transforms.parent}: {transforms.name} needs a non-empty frames list, each frame with a file_path"
+        )
+    return frames
+
+
+def check_blender_folder(data: Path) -> None:
+    """transforms_train/val.json (and _test.json if present) list existing same-size images; training reads both."""
+    for split in ("train", "val", "test"):
         transforms = data / f"transforms_{split}.json"
+        if split == "test" and not transforms.is_file():
+            continue  # only ns-eval reads it, and nerfstudio names the file if it is missing then
         if not transforms.is_file():
             raise DatasetLayoutError(f"{data}: no {transforms.name}; a Blender scene needs transforms_train/val.json")
-        meta = load_from_json(transforms)
-        if "camera_angle_x" not in meta or not meta.get("frames"):
-            raise DatasetLayoutError(f"{data}: {transforms.name} needs camera_angle_x and a non-empty frames list")
+        frames = read_frames(transforms)
+        if "camera_angle_x" not in load_from_json(transforms):
+            raise DatasetLayoutError(f"{data}: {transforms.name} has no camera_angle_x (the horizontal field of view)")
         # Blender's loader appends ".png" to each file_path.
-        paths = [data / (frame["file_path"].replace("./", "") + ".png") for frame in meta["frames"]]
-        common_image_size(paths, data)
+        common_image_size([data / (frame["file_path"].replace("./", "") + ".png") for frame in frames], data)
 
 
 def check_nerfstudio_folder(data: Path) -> None:
     """The transforms file lists frames whose images exist (sizes may differ: each frame may carry its own)."""
     transforms = data if data.is_file() else data / "transforms.json"
-    frames = load_from_json(transforms).get("frames") or []
-    if not frames:
-        raise DatasetLayoutError(f"{transforms}: no frames; list the images and their transform_matrix under frames")
-    for frame in frames:
+    for frame in read_frames(transforms):
         path = transforms.parent / frame["file_path"]
         if not path.is_file():
             raise DatasetLayoutError(f"{transforms.parent}: image {path} is missing; restore it or remove its frame")

@@ -173,6 +173,7 @@ class Scene:
 
 def forward_facing_scene() -> Scene:
     """A table-top scene in front of cameras near the origin that look down -z (like LLFF's fern or trex)."""
+    blue_checker = Material((0.2, 0.35, 0.85), (0.9, 0.9, 0.95), "checker", 0.25)
     return Scene(
         primitives=(
             Plane((0.0, -1.0, 0.0), (0.0, 1.0, 0.0), Material((0.85, 0.85, 0.8), (0.25, 0.3, 0.35), "checker", 0.5)),
@@ -180,7 +181,7 @@ def forward_facing_scene() -> Scene:
             Sphere((-0.9, -0.3, -4.0), 0.7, Material((0.85, 0.2, 0.15), (0.95, 0.8, 0.2), "stripes", 0.2)),
             Sphere((0.25, -0.75, -3.0), 0.25, Material((0.2, 0.75, 0.3))),
             Sphere((1.8, 0.4, -7.0), 0.8, Material((0.95, 0.8, 0.25), (0.6, 0.3, 0.7), "checker", 0.4)),
-            Box((0.9, -0.5, -5.0), (0.5, 0.5, 0.5), Material((0.2, 0.35, 0.85), (0.9, 0.9, 0.95), "checker", 0.25), 0.5),
+            Box((0.9, -0.5, -5.0), (0.5, 0.5, 0.5), blue_checker, yaw=0.5),
         )
     )
 
@@ -470,8 +471,11 @@ def render_blender(
             near[index] = depth[covered].min() if covered.any() else np.inf
             far[index] = depth[covered].max() if covered.any() else np.inf
             blender_pose = np.vstack([Y_UP_TO_Z_UP @ camera_to_world, [0.0, 0.0, 0.0, 1.0]])
-            frames.append({"file_path": f"./{split}/r_{index}", "rotation": 0.0, "transform_matrix": blender_pose.tolist()})
-        write_json(out_dir / f"transforms_{split}.json", {"camera_angle_x": math.radians(fov_x_degrees), "frames": frames})
+            frames.append(
+                {"file_path": f"./{split}/r_{index}", "rotation": 0.0, "transform_matrix": blender_pose.tolist()}
+            )
+        transforms = {"camera_angle_x": math.radians(fov_x_degrees), "frames": frames}
+        write_json(out_dir / f"transforms_{split}.json", transforms)
         world_poses = np.einsum("ij,njk->nik", Y_UP_TO_Z_UP, camera_to_worlds)
         rendered[split] = RenderedViews(out_dir, image_paths, world_poses, height, width, focal, near, far)
     return rendered
@@ -499,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--supersample", type=int, default=2, help="samples per pixel along each axis (anti-aliasing)")
     args = parser.parse_args(argv)
     render = render_llff if args.layout == "llff" else render_blender
-    sizes = {key: value for key, value in vars(args).items() if key in ("num_views", "height", "width") and value is not None}
+    sizes = {key: getattr(args, key) for key in ("num_views", "height", "width") if getattr(args, key) is not None}
     try:
         rendered = render(args.out, supersample=args.supersample, **sizes)
     except (ValueError, OSError) as error:

@@ -180,7 +180,8 @@ def test_nerfstudio_rays_see_what_the_generator_rendered(tmp_path: Path) -> None
         rays = outputs.cameras.generate_rays(camera_indices=view)
         # Undo x -> scale * (R x + t): positions x = R^T (y / scale - t); directions d = R^T d'.
         directions = rays.directions.reshape(-1, 3).double().numpy() @ transform[:, :3]
-        origins = (rays.origins.reshape(-1, 3).double().numpy() / outputs.dataparser_scale - transform[:, 3]) @ transform[:, :3]
+        positions = rays.origins.reshape(-1, 3).double().numpy() / outputs.dataparser_scale
+        origins = (positions - transform[:, 3]) @ transform[:, :3]
         colour, _ = trace(forward_facing_scene(), origins, directions)
         rendered = np.asarray(Image.open(outputs.image_filenames[view]), dtype=np.float64) / 255.0
         error = np.abs(colour.reshape(rendered.shape) - rendered).max(axis=-1)
@@ -276,6 +277,30 @@ def test_llff_marker_wins_over_transforms_json(llff_scene: RenderedViews, copy_s
     assert isinstance(AutoDataParserConfig(data=root).setup(), LLFF)
 
 
+def test_nerfstudio_datamanager_draws_rays_and_pixels_from_a_rendered_scene(llff_scene: RenderedViews) -> None:
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+
+    config = VanillaDataManagerConfig(
+        dataparser=AutoDataParserConfig(), data=llff_scene.root, train_num_rays_per_batch=32
+    )
+    manager = config.setup(device="cpu")
+    assert len(manager.train_dataset) == 7 and len(manager.eval_dataset) == 1  # 8 views, every 8th held out
+    ray_bundle, batch = manager.next_train(0)
+    assert ray_bundle.origins.shape == (32, 3) and batch["image"].shape == (32, 3)
+    filenames = manager.train_dataparser_outputs.image_filenames
+    for (camera, row, col), colour in zip(batch["indices"].tolist(), batch["image"]):
+        pixel = np.asarray(Image.open(filenames[camera]), dtype=np.float32)[row, col] / 255.0
+        torch.testing.assert_close(colour, torch.from_numpy(pixel))
+
+
+def test_bad_folder_fails_when_the_datamanager_is_built(tmp_path: Path) -> None:
+    """Training never starts: nerfstudio builds the dataparser (and so checks the folder) in datamanager setup."""
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+
+    with pytest.raises(DatasetLayoutError, match="unknown dataset layout"):
+        VanillaDataManagerConfig(dataparser=AutoDataParserConfig(), data=tmp_path).setup(device="cpu")
+
+
 def test_dataparsers_are_registered_with_nerfstudio() -> None:
     from nerfstudio.plugins.registry_dataparser import discover_dataparsers
 
@@ -367,7 +392,8 @@ def test_unknown_layout(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     with pytest.raises(DatasetLayoutError) as error:
         AutoDataParserConfig(data=tmp_path).setup()
-    assert_clear_error(error, tmp_path, "unknown dataset layout", "poses_bounds.npy", "transforms_train.json", "transforms.json")
+    markers = ("poses_bounds.npy", "transforms_train.json", "transforms.json")
+    assert_clear_error(error, tmp_path, "unknown dataset layout", *markers)
 
 
 def test_blender_missing_image(blender_scene: dict[str, RenderedViews], copy_scene) -> None:
@@ -400,3 +426,24 @@ def test_nerfstudio_missing_image(tmp_path: Path) -> None:
     with pytest.raises(DatasetLayoutError) as error:
         AutoDataParserConfig(data=tmp_path).setup()
     assert_clear_error(error, tmp_path, "a.png is missing")
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [("{not json", "not valid JSON"), ('{"frames": []}', "non-empty frames"), ('{"frames": [{}]}', "file_path")],
+)
+def test_malformed_transforms_json(tmp_path: Path, content: str, fragment: str) -> None:
+    (tmp_path / "transforms.json").write_text(content)
+    with pytest.raises(DatasetLayoutError) as error:
+        AutoDataParserConfig(data=tmp_path).setup()
+    assert_clear_error(error, tmp_path, fragment)
+
+
+def test_blender_without_camera_angle(blender_scene: dict[str, RenderedViews], copy_scene) -> None:
+    root = copy_scene(blender_scene)
+    meta = json.loads((root / "transforms_train.json").read_text())
+    del meta["camera_angle_x"]
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetLayoutError) as error:
+        AutoDataParserConfig(data=root).setup()
+    assert_clear_error(error, root, "camera_angle_x")
