@@ -3,6 +3,7 @@ port, checked over HTTP and with a websocket client speaking viser's own protoco
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -104,6 +105,13 @@ def viser_state(url: str, wanted: set[str], timeout_s: float = 5.0) -> dict[str,
     return seen
 
 
+def plotly_array(value: list | dict) -> np.ndarray:
+    """A plotly JSON array: a plain list, or plotly >= 6's typed-array form {"dtype", "bdata" (base64)}."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
 @pytest.fixture
 def viewer():
     with Viewer(random_image(24, 32, seed=3), port=free_port(), title="test-run", refresh_s=60.0) as live:
@@ -134,7 +142,8 @@ def test_viewer_serves_the_viser_client_and_the_latest_state(viewer: Viewer) -> 
     assert any("**step** 3" in text and "23.250" in text for text in markdown)
     plot = json.loads(next(u["plotly_json_str"] for u in gui_updates if "plotly_json_str" in u))
     trace = plot["data"][0]
-    assert list(trace["x"]) == [0.0, 0.5, 1.0, 1.5] and list(trace["y"]) == [20.0, 21.0, 22.0, 23.25]
+    assert plotly_array(trace["x"]).tolist() == [0.0, 0.5, 1.0, 1.5]
+    assert plotly_array(trace["y"]).tolist() == [20.0, 21.0, 22.0, 23.25]
 
 
 def test_push_sends_nothing_when_nothing_changed(viewer: Viewer) -> None:
