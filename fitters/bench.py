@@ -25,7 +25,7 @@ import tyro
 
 from fitters import metrics
 from fitters.cli import EXIT_USAGE, build_components, loop_options
-from fitters.config import FitConfig, apply_threads, load_preset, resolve, resolve_device, to_dict
+from fitters.config import FitConfig, apply_threads, load_preset, with_log_interval, resolve, resolve_device, to_dict
 from fitters.loop import FitLoop
 from fitters.run_dir import atomic_path, atomic_write_text, to_plain
 from fitters.signal import Signal
@@ -38,7 +38,8 @@ class BenchConfig(FitConfig):
     """Compare optimizers on PATH; every nf-fit flag sets the shared settings (e.g. --hidden, --batch-size)."""
 
     optims: str = "adam,lbfgs"
-    """Comma-separated runs, each NAME or NAME@LR (e.g. adam@1e-4,adam@1e-3,lbfgs); ratios are to the first."""
+    """Comma-separated runs, each NAME or NAME@LR (e.g. adam@1e-4,adam@1e-3,lbfgs); ratios are to the first.
+    Without @LR a run uses its optimizer's paper default; --lr and a preset's lr are not used by nf-bench."""
     name: str | None = None
     """Results file stem; None = <signal kind>_<file stem>."""
     results_dir: Path = Path("benchmarks/results")
@@ -75,7 +76,8 @@ def parse_optims(text: str) -> list[RunSpec]:
 def run_config(base: BenchConfig, spec: RunSpec) -> FitConfig:
     """The resolved nf-fit config of one run: the shared settings with this run's optimizer (and lr)."""
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(FitConfig)}
-    fields.update(optim=spec.optim, lr=spec.lr if spec.lr is not None else base.lr, out=Path("unused"))
+    # lr is per run (NAME@LR or the registry default): a preset's lr belongs to the preset's own optimizer.
+    fields.update(optim=spec.optim, lr=spec.lr, out=Path("unused"))
     return resolve(FitConfig(**fields))
 
 
@@ -207,6 +209,7 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
     config.results_dir.mkdir(parents=True, exist_ok=True)
     target = config.target
     runs: list[dict[str, Any]] = []
+    configs = [with_log_interval(run_cfg, signal.num_samples) for run_cfg in configs]
     for spec, run_cfg in zip(specs, configs):
         print(f"nf-bench: {spec.label} (lr {run_cfg.lr:g}, batch {run_cfg.batch_size or 'full'})", file=sys.stderr)
         stop_target = target if (config.stop_at_target and runs) else None

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import tyro
 
-from fitters.config import FitConfig, apply_threads, load_preset, omega0_argument, resolve, resolve_device, to_dict
+from fitters.config import FitConfig, apply_threads, load_preset, with_log_interval, omega0_argument, resolve, resolve_device, to_dict
 from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
 from fitters.run_dir import CONFIG, RunDir
 from fitters.signal import Signal
@@ -96,7 +96,10 @@ def viewer_callback(config: FitConfig, signal: Signal) -> tuple[Any, LogCallback
     """Start the live viewer (imported only when asked for) and a log callback that feeds it, previews throttled."""
     from fitters.viewer import Viewer
 
-    viewer = Viewer(signal.target_preview(), port=config.viewer_port, title=f"nf-fit {config.path.name}")
+    try:
+        viewer = Viewer(signal.target_preview(), port=config.viewer_port, title=f"nf-fit {config.path.name}")
+    except OSError as error:  # port taken: the viewer's message names --viewer-port
+        raise ValueError(str(error)) from error
     print(f"nf-fit: viewer at {viewer.url}", file=sys.stderr)
     last_preview = [-float("inf")]
 
@@ -118,6 +121,7 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
     apply_threads(config)
     run_dir = RunDir.check(config.out, overwrite=config.overwrite, resume=config.resume)
     signal = load_signal(config.path, config.signal).to(device)
+    config = with_log_interval(config, signal.num_samples)
     model, optimizer, sampler = build_components(config, signal)
     loop_extra = {"optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "path": str(config.path)}
     viewer, on_log = viewer_callback(config, signal) if config.viewer else (None, None)

@@ -70,7 +70,8 @@ class FitConfig:
     batch_size: int | None = None
     """Samples per step; 0 = full batch; None = full batch for lbfgs, 512 (paper 2) for the other optimizers."""
     log_every: int | None = None
-    """Evaluate and log every N steps (and always at the end); None = every step for lbfgs, else steps/100."""
+    """Evaluate and log every N steps (and always at the end); None = once per epoch (every step for the full
+    batch), but at least every steps/100."""
     checkpoint_every: int | None = None
     """Write checkpoint.pt every N steps at a log (and at the end); None = at most every 30 s of wall time."""
     eval_chunk: int = 65536
@@ -125,16 +126,24 @@ def resolve(config: FitConfig) -> FitConfig:
     batch_size = config.batch_size
     if batch_size is None:
         batch_size = 0 if spec.full_batch else DEFAULT_MINI_BATCH
-    log_every = config.log_every
-    if log_every is None:
-        log_every = 1 if spec.full_batch else max(1, config.steps // 100)
     out = config.out
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("outputs") / (config.path.stem or "signal") / f"{config.optim}-{stamp}"
-    resolved = dataclasses.replace(config, lr=lr, batch_size=batch_size, log_every=log_every, out=out)
+    resolved = dataclasses.replace(config, lr=lr, batch_size=batch_size, out=out)
     validate(resolved)
     return resolved
+
+
+def with_log_interval(config: FitConfig, num_samples: int) -> FitConfig:
+    """Fill ``log_every`` when None: once per epoch (every step for the full batch), and at least ~100 logs per run.
+
+    An evaluation costs about one epoch of forward passes, so this keeps its (untimed) overhead bounded."""
+    if config.log_every is not None:
+        return config
+    batch = config.batch_size or num_samples
+    steps_per_epoch = -(-num_samples // min(batch, num_samples))
+    return dataclasses.replace(config, log_every=max(1, min(steps_per_epoch, config.steps // 100)))
 
 
 def validate(config: FitConfig) -> None:

@@ -184,3 +184,40 @@ def test_ctrl_c_writes_checkpoint_and_resume_continues(tmp_path: Path, photo_pat
     assert resumed.returncode == 0, resumed.stderr
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == stopped_at + 10 and steps == sorted(set(steps))
+
+
+def test_viewer_port_in_use(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = fit([photo_path, "--viewer", "--viewer-port", port, "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_clean_line(err, "--viewer-port")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_viewer_run_feeds_updates(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    import socket
+
+    import fitters.viewer
+
+    updates = []
+    original_update = fitters.viewer.Viewer.update
+
+    def spy(self, step, time_s, metric_name, metric, image):
+        updates.append((step, metric_name, None if image is None else image.shape))
+        return original_update(self, step, time_s, metric_name, metric, image)
+
+    monkeypatch.setattr(fitters.viewer.Viewer, "update", spy)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, _, err = fit([photo_path, "--viewer", "--viewer-port", port, "--steps", "4", "--log-every", "2",
+                        "--hidden", "8", "--layers", "1", "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert [u[0] for u in updates] == [0, 2, 4] and all(u[1] == "psnr" for u in updates)
+    assert updates[0][2] == (16, 16, 3)  # the first preview is rendered; later ones are throttled to <= 2/s
