@@ -82,8 +82,9 @@ def make_predict(model: torch.nn.Module, chunk: int) -> Predict:
 
 
 def per_sample_errors(predict: Predict, signal: Signal) -> torch.Tensor:
-    """|f(x) - f*(x)| summed over channels for every sample [num_samples], no graph: what INT ranks by."""
-    return (predict(signal.coords) - signal.targets).abs().sum(dim=-1)
+    """``signal.per_sample_error`` of every sample [num_samples] (``predict`` runs in chunks, no graph): what INT
+    ranks by."""
+    return signal.per_sample_error(predict(signal.coords), signal.targets)
 
 
 def rng_state() -> dict[str, Any]:
@@ -158,6 +159,8 @@ class FitLoop:
         self._last_logged_step = -1
         self._last_checkpoint_step: int | None = None
         self._last_checkpoint_wall = time.monotonic()
+        self._closure: Callable[[], torch.Tensor] | None = None
+        self._closure_indices: torch.Tensor | None = None
 
     # -- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -178,6 +181,7 @@ class FitLoop:
         if state["sampler"] is not None and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])
         self.step, self.time_s, self.closure_evals = state["step"], state["time_s"], state["closure_evals"]
+        self._closure = None
         set_rng_state(state["rng"])
         self._last_logged_step = self._last_checkpoint_step = self.step
 
@@ -186,6 +190,14 @@ class FitLoop:
         indices = self.sampler.next_indices(self.step, lambda: per_sample_errors(self.predict, self.signal))
         if self.options.reset_on_new_selection and self.sampler.selection_changed and hasattr(self.optimizer, "reset"):
             self.optimizer.reset()
+        if self._closure is None or indices is not self._closure_indices:
+            self._closure, self._closure_indices = self._closure_for(indices), indices
+        return self.optimizer.step(self._closure)
+
+    def _closure_for(self, indices: torch.Tensor | None) -> Callable[[], torch.Tensor]:
+        """One closure per selection: the subset is gathered once, not every step, and L-BFGS sees the same closure
+        object while the data stay the same, so it reuses the previous step's loss and gradient (with a new closure
+        every step it re-evaluated them: ~2 instead of ~1.1 closure evaluations per iteration)."""
         coords, targets = self.signal.coords, self.signal.targets
         if indices is not None:
             coords, targets = coords[indices], targets[indices]
@@ -195,7 +207,7 @@ class FitLoop:
             self.closure_evals += 1
             return closure()
 
-        return self.optimizer.step(counted_closure)
+        return counted_closure
 
     # -- logging -----------------------------------------------------------------------------------------------
     def _log(self, loss: torch.Tensor | None) -> dict[str, Any]:

@@ -115,6 +115,11 @@ class OccupancySignal(Signal):
         """Binary cross-entropy between the field's logits and the 0/1 labels (paper 2)."""
         return torch.nn.functional.binary_cross_entropy_with_logits(pred, target)
 
+    def per_sample_error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """|sigmoid(logit) - label|: the BCE gradient's magnitude at each point (|logit - label| would rank confidently
+        right points, whose logits are far from 0 or 1, as the worst)."""
+        return (torch.sigmoid(pred) - target).abs().reshape(pred.shape[0], -1).sum(dim=1)
+
     def evaluate(self, predict: Predict) -> dict[str, float]:
         """``iou`` of predicted (logit > 0) and true occupancy on the held-out points, and their ``accuracy``."""
         predicted = predict(self.held_out_coords) > 0

@@ -54,6 +54,14 @@ class Signal(abc.ABC):
         """Mean squared error; occupancy overrides with binary cross-entropy on logits."""
         return torch.nn.functional.mse_loss(pred, target)
 
+    def per_sample_error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """How wrong the field is at each sample [P], what INT ranks by: |∂loss/∂pred| summed over channels.
+
+        For the mean squared error that is |pred - target| (up to a constant factor, which does not change the
+        ranking); a signal with another loss overrides this with its own gradient's magnitude.
+        """
+        return (pred - target).abs().reshape(pred.shape[0], -1).sum(dim=1)
+
     @abc.abstractmethod
     def evaluate(self, predict: Predict) -> dict[str, float]:
         """Metrics of the current field, the headline ``metric`` among them."""
