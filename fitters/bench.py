@@ -25,7 +25,16 @@ import tyro
 
 from fitters import metrics
 from fitters.cli import EXIT_USAGE, build_components, loop_options
-from fitters.config import FitConfig, apply_threads, load_preset, with_log_interval, resolve, resolve_device, to_dict
+from fitters.config import (
+    INT_FLAGS,
+    FitConfig,
+    apply_threads,
+    load_preset,
+    resolve,
+    resolve_device,
+    to_dict,
+    with_log_interval,
+)
 from fitters.loop import FitLoop
 from fitters.run_dir import atomic_path, atomic_write_text, to_plain
 from fitters.signal import Signal
@@ -38,8 +47,9 @@ class BenchConfig(FitConfig):
     """Compare optimizers on PATH; every nf-fit flag sets the shared settings (e.g. --hidden, --batch-size)."""
 
     optims: str = "adam,lbfgs"
-    """Comma-separated runs, each NAME or NAME@LR (e.g. adam@1e-4,adam@1e-3,lbfgs); ratios are to the first.
-    Without @LR a run uses its optimizer's paper default; --lr and a preset's lr are not used by nf-bench."""
+    """Comma-separated runs, each NAME[@LR][+SAMPLER] (e.g. adam@1e-3,adam@1e-3+int,lbfgs); ratios are to the first.
+    Without @LR a run uses its optimizer's paper default; --lr and a preset's lr are not used by nf-bench.
+    +full/+random/+int gives that run its own --sampler (the --int-* flags configure the +int runs)."""
     name: str | None = None
     """Results file stem; None = <signal kind>_<file stem>."""
     results_dir: Path = Path("benchmarks/results")
@@ -48,11 +58,16 @@ class BenchConfig(FitConfig):
     """Stop runs after the first once they reach the target (saves time; their equal-time curves end there)."""
 
 
+SAMPLERS = ("full", "random", "int")
+
+
 @dataclass
 class RunSpec:
     label: str
     optim: str
     lr: float | None
+    sampler: str | None = None
+    """This run's --sampler; None = the shared setting."""
 
 
 def parse_optims(text: str) -> list[RunSpec]:
@@ -60,14 +75,17 @@ def parse_optims(text: str) -> list[RunSpec]:
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        name, _, lr_text = item.partition("@")
+        head, _, sampler = item.partition("+")
+        if sampler and sampler not in SAMPLERS:
+            raise ValueError(f"--optims: {item!r} has an unknown sampler {sampler!r}; write NAME+{'|'.join(SAMPLERS)}")
+        name, _, lr_text = head.partition("@")
         if name not in OPTIMIZERS:
             raise ValueError(f"--optims: unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
         try:
             lr = float(lr_text) if lr_text else None
         except ValueError as error:
             raise ValueError(f"--optims: {item!r} has a bad learning rate; write NAME@LR, e.g. adam@1e-3") from error
-        specs.append(RunSpec(item, name, lr))
+        specs.append(RunSpec(item, name, lr, sampler or None))
     if not specs:
         raise ValueError("--optims is empty; give e.g. --optims adam,lbfgs")
     return specs
@@ -78,6 +96,12 @@ def run_config(base: BenchConfig, spec: RunSpec) -> FitConfig:
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(FitConfig)}
     # lr is per run (NAME@LR or the registry default): a preset's lr belongs to the preset's own optimizer.
     fields.update(optim=spec.optim, lr=spec.lr, out=Path("unused"))
+    if spec.sampler is not None:
+        fields["sampler"] = spec.sampler
+        if spec.sampler != "random":  # the shared mini-batch size is for the runs that draw mini-batches
+            fields["batch_size"] = None
+    if fields["sampler"] != "int":  # the shared --int-* flags configure the +int runs only
+        fields.update({name: None for name in INT_FLAGS})
     return resolve(FitConfig(**fields))
 
 
@@ -89,6 +113,7 @@ def fit_one(config: FitConfig, signal: Signal, target: float | None) -> dict[str
         "optim": config.optim,
         "lr": config.lr,
         "batch_size": config.batch_size,
+        "sampler": config.sampler,
         "status": outcome.status,
         "steps": outcome.step,
         "time_s": outcome.time_s,
@@ -132,6 +157,12 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def _batch_column(run: dict[str, Any]) -> str:
+    if run["sampler"] == "int":
+        return "INT"
+    return str(run["batch_size"]) if run["sampler"] == "random" else "full"
+
+
 def markdown(report: dict[str, Any]) -> str:
     metric, target = report["metric"], report["target"]
     lines = [
@@ -152,7 +183,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"> {run['speedup_vs_first_at_least']:.2f}x" if run["speedup_vs_first_at_least"] else "–"
         )
         lines.append(
-            f"| {run['label']} | {run['batch_size'] or 'full'} | {run['steps']} | {run['time_s']:.1f} | "
+            f"| {run['label']} | {_batch_column(run)} | {run['steps']} | {run['time_s']:.1f} | "
             f"{_fmt(run['final'].get(metric), '.2f')} | {_fmt(run['time_to_target_s'], '.1f')} | "
             f"{_fmt(run['steps_to_target'], '.0f')} ({_fmt(run['ratios']['steps_to_target'], '.2f')}) | {speedup} | "
             f"{_fmt(run[f'{metric}_at_equal_time'], '.2f')} | {run['ms_per_step']:.1f} "
@@ -179,6 +210,7 @@ def plot(report: dict[str, Any], results_dir: Path) -> list[str]:
         axes.set_ylabel(metric.upper())
         if axis == "step":
             axes.set_xscale("symlog", linthresh=10)
+        axes.set_xlim(left=0)
         axes.set_title(report["name"])
         axes.grid(alpha=0.3)
         axes.legend()
@@ -202,6 +234,10 @@ def parse_bench(argv: Sequence[str]) -> BenchConfig:
 def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
     specs = parse_optims(config.optims)
     configs = [run_config(config, spec) for spec in specs]  # validates every run before any work
+    unused_int_flags = [name for name in INT_FLAGS if getattr(config, name) is not None]
+    if unused_int_flags and not any(run_cfg.sampler == "int" for run_cfg in configs):
+        flag = "--" + unused_int_flags[0].replace("_", "-")
+        raise ValueError(f"{flag} is given but no run uses INT; add +int to a run in --optims (e.g. adam+int)")
     device = resolve_device(config.device)
     apply_threads(config)
     signal = load_signal(config.path, config.signal).to(device)
@@ -211,7 +247,7 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     configs = [with_log_interval(run_cfg, signal.num_samples) for run_cfg in configs]
     for spec, run_cfg in zip(specs, configs):
-        print(f"nf-bench: {spec.label} (lr {run_cfg.lr:g}, batch {run_cfg.batch_size or 'full'})", file=sys.stderr)
+        print(f"nf-bench: {spec.label} (lr {run_cfg.lr:g}, sampler {run_cfg.sampler})", file=sys.stderr)
         stop_target = target if (config.stop_at_target and runs) else None
         runs.append({"label": spec.label, **fit_one(run_cfg, signal, stop_target)})
         if target is None:
