@@ -180,10 +180,12 @@ class CurvatureHistory:
         b = torch.where(valid, projections[:, 1::2].gather(1, order), 0)[:, :, None]
         both_valid = valid[:, :, None] & valid[:, None, :]
         rows, cols = order[:, :, None].expand(-1, -1, used), order[:, None, :].expand(-1, used, -1)
-        sy_aged = torch.where(both_valid, sy.gather(1, rows).gather(2, cols), 0)
         yy_aged = torch.where(both_valid, yy.gather(1, rows).gather(2, cols), 0)
-        # Empty slots get a unit diagonal so R stays invertible; their a, b and couplings are 0, so α = c = 0 there.
-        r = sy_aged.triu() + torch.diag_embed((~valid).to(sy.dtype))
+        # R: the upper triangle of SᵀY (masked, not .triu(), which is slow on small CPU batches). Empty slots get a
+        # unit diagonal so R stays invertible; their a, b and couplings are 0, so α = c = 0 there.
+        upper = positions[:, None] <= positions[None, :]
+        r = torch.where(both_valid & upper, sy.gather(1, rows).gather(2, cols), 0)
+        r = r + torch.diag_embed((~valid).to(sy.dtype))
         alpha = torch.linalg.solve_triangular(r, a, upper=True)
         gamma = self.gamma[:, None, None]
         rhs = r.diagonal(dim1=1, dim2=2)[:, :, None] * alpha - gamma * (b - torch.bmm(yy_aged, alpha))
