@@ -1,0 +1,189 @@
+"""The `ns-train` methods of the plugin, registered through the `nerfstudio.method_configs` entry point.
+
+| method            | field                                   | optimizer                               |
+|-------------------|-----------------------------------------|-----------------------------------------|
+| gauss-esgd        | 8x256 Gaussian σ=0.1, view-dependent    | ESGD, lr 1 -> 0.01 exponential (paper 2, LLFF) |
+| gauss-esgd-max    | same                                    | ESGD-max, lr 1 -> 0.1 (paper 2, Blender) |
+| gauss-adam        | same                                    | Adam 1e-4 -> 1e-6 (paper 2's baseline)  |
+| sine-esgd         | 8x256 sine (SIREN init), view-dependent | ESGD, lr 1 -> 0.01                      |
+| tinynerf-lbfgs    | 4x128 Gaussian σ=0.1, no view dependence | L-BFGS (paper 1)                        |
+| tinynerf-adam     | same                                    | Adam 5e-4 (the TinyNeRF notebook's)     |
+| kilonerf-lbfgs    | grid of 2-layer 32-wide sine MLPs       | L-BFGS over the whole grid              |
+| kilonerf-adam     | same                                    | Adam 1e-3                               |
+
+All use uniform samples only (no hierarchical sampling) and `AutoDataParserConfig` (LLFF / Blender / nerfstudio
+folders detected). The device is picked when this module loads: CUDA when available, else the CPU, so `ns-train
+gauss-esgd --data llff/fern` needs no device flag. On CUDA the ray/sample counts and iteration counts are the
+papers' (2048 rays x 128 samples, 200K iterations); on the CPU they are cut (`CPU_BUDGET`) so a step takes about a
+second on two cores instead of a minute; override them with `--pipeline.datamanager.train-num-rays-per-batch`,
+`--pipeline.model.num-samples` and `--max-num-iterations`.
+
+KiloNeRF with L-BFGS: the rendering loss couples every cell a ray crosses, so the nets are not independent and
+`BatchedLBFGS`'s per-net line searches do not apply; one L-BFGS runs over all the grid's parameters (still one
+`baddbmm` per layer for the whole grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfstudio_plugin.dataparsers import AutoDataParserConfig
+from nerfstudio_plugin.models import PreconditionedNeRFModelConfig
+from nerfstudio_plugin.optimizers import ESGDMaxOptimizerConfig, ESGDOptimizerConfig, LBFGSOptimizerConfig
+from nerfstudio_plugin.trainer import ClosureTrainerConfig
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Ray, sample and iteration counts of one device class."""
+
+    rays: int
+    """Rays per training batch."""
+    samples: int
+    """Uniform samples per ray (TinyNeRF and KiloNeRF use half)."""
+    iterations: int
+    """Training iterations (the lr schedules decay over these)."""
+
+
+GPU_BUDGET = Budget(rays=2048, samples=128, iterations=200_000)
+"""Paper 2's NeRF settings."""
+CPU_BUDGET = Budget(rays=256, samples=64, iterations=20_000)
+"""What two CPU cores train in hours rather than weeks."""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def budget_for(device: str) -> Budget:
+    return GPU_BUDGET if device == "cuda" else CPU_BUDGET
+
+
+GAUSS_NERF = dict(field="mlp", activation="gauss", layers=8, hidden=256, sigma=0.1, view_dependent=True)
+SINE_NERF = dict(field="mlp", activation="sine", layers=8, hidden=256, omega0=30.0, view_dependent=True)
+TINY_NERF = dict(field="mlp", activation="gauss", layers=4, hidden=128, sigma=0.1, view_dependent=False)
+KILO_NERF = dict(field="kilo", activation="sine", layers=2, hidden=32, omega0=30.0, kilo_resolution=8)
+
+
+def method_config(
+    name: str,
+    model: Dict[str, Any],
+    optimizer: OptimizerConfig,
+    lr_final: Optional[float],
+    device: str,
+    samples_scale: float = 1.0,
+) -> ClosureTrainerConfig:
+    """A full `ns-train` config: our model on the auto-detecting dataparser, one "fields" optimizer, the
+    closure-driven Trainer, on `device` with that device's budget."""
+    budget = budget_for(device)
+    scheduler = None
+    if lr_final is not None:
+        scheduler = ExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=budget.iterations)
+    num_samples = max(int(budget.samples * samples_scale), 2)
+    return ClosureTrainerConfig(
+        method_name=name,
+        max_num_iterations=budget.iterations,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=500,
+        steps_per_save=2000,
+        mixed_precision=False,
+        machine=MachineConfig(device_type=device),
+        pipeline=VanillaPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=AutoDataParserConfig(),
+                train_num_rays_per_batch=budget.rays,
+                eval_num_rays_per_batch=budget.rays,
+            ),
+            model=PreconditionedNeRFModelConfig(num_samples=num_samples, **model),
+        ),
+        optimizers={"fields": {"optimizer": optimizer, "scheduler": scheduler}},
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 12),
+        vis="viewer",
+    )
+
+
+def all_method_configs(device: str) -> Dict[str, ClosureTrainerConfig]:
+    """Every method's config for `device` (tests build them for the CPU explicitly)."""
+    return {
+        "gauss-esgd": method_config("gauss-esgd", GAUSS_NERF, ESGDOptimizerConfig(lr=1.0), 0.01, device),
+        "gauss-esgd-max": method_config("gauss-esgd-max", GAUSS_NERF, ESGDMaxOptimizerConfig(lr=1.0), 0.1, device),
+        "gauss-adam": method_config("gauss-adam", GAUSS_NERF, AdamOptimizerConfig(lr=1e-4, eps=1e-8), 1e-6, device),
+        "sine-esgd": method_config("sine-esgd", SINE_NERF, ESGDOptimizerConfig(lr=1.0), 0.01, device),
+        "tinynerf-lbfgs": method_config("tinynerf-lbfgs", TINY_NERF, LBFGSOptimizerConfig(), None, device, 0.5),
+        "tinynerf-adam": method_config("tinynerf-adam", TINY_NERF, AdamOptimizerConfig(lr=5e-4, eps=1e-8), None,
+                                       device, 0.5),  # fmt: skip
+        "kilonerf-lbfgs": method_config("kilonerf-lbfgs", KILO_NERF, LBFGSOptimizerConfig(), None, device, 0.5),
+        "kilonerf-adam": method_config("kilonerf-adam", KILO_NERF, AdamOptimizerConfig(lr=1e-3, eps=1e-8), None,
+                                       device, 0.5),  # fmt: skip
+    }
+
+
+def configure(
+    name: str,
+    data: Path,
+    output_dir: Path,
+    *,
+    device: str = "cpu",
+    rays: Optional[int] = None,
+    samples: Optional[int] = None,
+    iterations: Optional[int] = None,
+    vis: str = "tensorboard",
+) -> ClosureTrainerConfig:
+    """Method `name` set up the way `ns-train NAME --data DATA --output-dir OUT ...` would, for Python callers
+    (tests, benchmarks); None keeps the method's default."""
+    config = all_method_configs(device)[name]
+    config.data = config.pipeline.datamanager.data = Path(data)
+    config.output_dir = Path(output_dir)
+    config.vis = vis
+    datamanager, model = config.pipeline.datamanager, config.pipeline.model
+    if rays is not None:
+        datamanager.train_num_rays_per_batch = datamanager.eval_num_rays_per_batch = rays
+    if samples is not None:
+        model.num_samples = samples
+    if iterations is not None:
+        config.max_num_iterations = iterations
+        scheduler = config.optimizers["fields"]["scheduler"]
+        if scheduler is not None:
+            scheduler.max_steps = iterations
+    return config
+
+
+DESCRIPTIONS = {
+    "gauss-esgd": "8x256 Gaussian NeRF trained with ESGD (paper 2, LLFF settings)",
+    "gauss-esgd-max": "8x256 Gaussian NeRF trained with ESGD-max (paper 2, Blender settings)",
+    "gauss-adam": "8x256 Gaussian NeRF trained with Adam (paper 2's baseline)",
+    "sine-esgd": "8x256 sine (SIREN) NeRF trained with ESGD",
+    "tinynerf-lbfgs": "TinyNeRF: 4x128 Gaussian, no view dependence, trained with L-BFGS (paper 1)",
+    "tinynerf-adam": "TinyNeRF trained with Adam (paper 1's baseline)",
+    "kilonerf-lbfgs": "KiloNeRF: grid of 2-layer 32-wide sine MLPs trained with L-BFGS (paper 1)",
+    "kilonerf-adam": "KiloNeRF trained with Adam (paper 1's baseline)",
+}
+
+_CONFIGS = all_method_configs(default_device())
+
+
+def _specification(name: str) -> MethodSpecification:
+    return MethodSpecification(config=_CONFIGS[name], description=DESCRIPTIONS[name])
+
+
+gauss_esgd = _specification("gauss-esgd")
+gauss_esgd_max = _specification("gauss-esgd-max")
+gauss_adam = _specification("gauss-adam")
+sine_esgd = _specification("sine-esgd")
+tinynerf_lbfgs = _specification("tinynerf-lbfgs")
+tinynerf_adam = _specification("tinynerf-adam")
+kilonerf_lbfgs = _specification("kilonerf-lbfgs")
+kilonerf_adam = _specification("kilonerf-adam")
+
+__all__ = ["CPU_BUDGET", "DESCRIPTIONS", "GPU_BUDGET", "all_method_configs", "budget_for", "configure", "method_config"]
