@@ -108,7 +108,7 @@ def method_config(
             model=PreconditionedNeRFModelConfig(num_samples=num_samples, **model),
         ),
         optimizers={"fields": {"optimizer": optimizer, "scheduler": scheduler}},
-        viewer=ViewerConfig(num_rays_per_chunk=1 << 12),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 12, websocket_host="127.0.0.1"),  # local only, as ns-train prints
         vis="viewer",
     )
 
