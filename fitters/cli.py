@@ -18,14 +18,24 @@ from typing import Any
 import torch
 import tyro
 
-from fitters.config import FitConfig, apply_threads, load_preset, with_log_interval, omega0_argument, resolve, resolve_device, to_dict
+from fitters.config import (
+    FitConfig,
+    apply_threads,
+    int_options,
+    load_preset,
+    omega0_argument,
+    resolve,
+    resolve_device,
+    to_dict,
+    with_log_interval,
+)
 from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
 from fitters.run_dir import CONFIG, RunDir
 from fitters.signal import Signal
 from fitters.signals import load_signal
 from nf_precond.nn import CoordinateMLP
 from nf_precond.optim import OPTIMIZERS, build_optimizer, needs_graph
-from nf_precond.sampling import FullBatch, RandomBatches, Sampler
+from nf_precond.sampling import FullBatch, INTSampler, RandomBatches, Sampler
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 PREVIEW_INTERVAL_S = 0.5
@@ -57,11 +67,17 @@ def build_components(config: FitConfig, signal: Signal) -> tuple[torch.nn.Module
                 "(curvature estimates need it); drop --compile"
             )
         model.compile()
-    if config.batch_size == 0 or config.batch_size >= signal.num_samples:
-        sampler: Sampler = FullBatch()
-    else:
-        sampler = RandomBatches(signal.num_samples, config.batch_size, device=device, seed=config.seed)
-    return model, optimizer, sampler
+    return model, optimizer, build_sampler(config, signal)
+
+
+def build_sampler(config: FitConfig, signal: Signal) -> Sampler:
+    """The resolved config's --sampler over the signal's samples (a batch as large as the signal is the full batch)."""
+    device = signal.coords.device
+    if config.sampler == "int":
+        return INTSampler.from_options(int_options(config), signal.num_samples, config.steps, device)
+    if config.sampler == "full" or config.batch_size >= signal.num_samples:
+        return FullBatch()
+    return RandomBatches(signal.num_samples, config.batch_size, device=device, seed=config.seed)
 
 
 def loop_options(config: FitConfig) -> LoopOptions:
@@ -72,7 +88,7 @@ def loop_options(config: FitConfig) -> LoopOptions:
         time_budget=config.time_budget,
         target=config.target,
         eval_chunk=config.eval_chunk,
-        reset_on_new_selection=OPTIMIZERS[config.optim].full_batch,
+        reset_on_new_selection=OPTIMIZERS[config.optim].full_batch and config.lbfgs_on_reselect == "reset",
     )
 
 
@@ -123,7 +139,10 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
     signal = load_signal(config.path, config.signal).to(device)
     config = with_log_interval(config, signal.num_samples)
     model, optimizer, sampler = build_components(config, signal)
-    loop_extra = {"optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "path": str(config.path)}
+    loop_extra = {
+        "optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "sampler": config.sampler,
+        "path": str(config.path),
+    }
     viewer, on_log = viewer_callback(config, signal) if config.viewer else (None, None)
     try:
         loop = FitLoop(

@@ -21,6 +21,7 @@ import yaml
 from fitters.signal import SignalOptions
 from nf_precond.nn import ACTIVATIONS
 from nf_precond.optim import OPTIMIZERS
+from nf_precond.sampling import INTOptions, make_interval_schedule, make_ratio_schedule
 
 OptimName = Literal["adam", "sgd", "esgd", "esgd-max", "adahessian-j", "adahessian-e", "shampoo", "kfac", "lbfgs"]
 ActName = Literal["sine", "gauss", "wavelet", "relu", "relu-pe"]
@@ -69,6 +70,24 @@ class FitConfig:
     """Stop once the signal's headline metric (psnr, or iou for meshes) reaches this value; None = never."""
     batch_size: int | None = None
     """Samples per step; 0 = full batch; None = full batch for lbfgs, 512 (paper 2) for the other optimizers."""
+    sampler: Literal["full", "random", "int"] | None = None
+    """Which samples a step trains on: full (all), random (mini-batches of --batch-size), int (INT, paper 3: the
+    samples with the largest error, re-ranked on a schedule); None = full for lbfgs or --batch-size 0, else random."""
+    int_ratio: Literal["constant", "step", "cosine", "rcosine"] | None = None
+    """--sampler int: schedule of the fraction selected; None = step (20 % rising to 92 % in 10 stages, paper 3)."""
+    int_interval: Literal["dense", "incremental", "decremental"] | None = None
+    """--sampler int: schedule of steps between reselections; None = incremental (every step, rising to every 90)."""
+    int_ratio_start: float | None = None
+    """--sampler int: fraction at the first step (the constant schedule's fraction); None = the schedule's default."""
+    int_ratio_end: float | None = None
+    """--sampler int: fraction at the last step (step, cosine, rcosine); None = the schedule's default."""
+    int_stages: int | None = None
+    """--sampler int: equal-length stages of the step ratio and the stepped intervals; None = 10 (paper 3)."""
+    int_max_interval: int | None = None
+    """--sampler int: largest reselection interval in steps (incremental, decremental); None = 90 (paper 3)."""
+    lbfgs_on_reselect: Literal["reset", "keep"] = "reset"
+    """lbfgs only, when the training samples change (INT reselection, random batches): reset = forget the curvature
+    history; keep = keep it (the next iteration re-evaluates the start on the new samples)."""
     log_every: int | None = None
     """Evaluate and log every N steps (and always at the end); None = once per epoch (every step for the full
     batch), but at least every steps/100."""
@@ -123,14 +142,24 @@ def resolve(config: FitConfig) -> FitConfig:
     validate(config)
     spec = OPTIMIZERS[config.optim]
     lr = config.lr if config.lr is not None else spec.defaults.get("lr")
-    batch_size = config.batch_size
+    sampler, batch_size = config.sampler, config.batch_size
+    if sampler is None:
+        full = batch_size == 0 or (batch_size is None and spec.full_batch)
+        sampler = "full" if full else "random"
     if batch_size is None:
-        batch_size = 0 if spec.full_batch else DEFAULT_MINI_BATCH
+        batch_size = DEFAULT_MINI_BATCH if sampler == "random" else 0
+    int_defaults = INTOptions()
+    int_ratio, int_interval = config.int_ratio, config.int_interval
+    if sampler == "int":
+        int_ratio = int_ratio or int_defaults.ratio
+        int_interval = int_interval or int_defaults.interval
     out = config.out
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("outputs") / (config.path.stem or "signal") / f"{config.optim}-{stamp}"
-    resolved = dataclasses.replace(config, lr=lr, batch_size=batch_size, out=out)
+    resolved = dataclasses.replace(
+        config, lr=lr, batch_size=batch_size, sampler=sampler, int_ratio=int_ratio, int_interval=int_interval, out=out
+    )
     validate(resolved)
     return resolved
 
@@ -168,6 +197,48 @@ def validate(config: FitConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    validate_sampler(config)
+
+
+INT_FLAGS = ("int_ratio", "int_interval", "int_ratio_start", "int_ratio_end", "int_stages", "int_max_interval")
+
+
+def int_options(config: FitConfig) -> INTOptions:
+    """The INT settings of a config (None keeps the paper's default for the chosen schedule)."""
+    defaults = INTOptions()
+    return INTOptions(
+        ratio=config.int_ratio or defaults.ratio,
+        interval=config.int_interval or defaults.interval,
+        ratio_start=config.int_ratio_start,
+        ratio_end=config.int_ratio_end,
+        stages=config.int_stages,
+        max_interval=config.int_max_interval,
+    )
+
+
+def validate_sampler(config: FitConfig) -> None:
+    """--sampler against --batch-size and the --int-* flags: every combination that cannot mean what it says."""
+    sampler, batch_size = config.sampler, config.batch_size
+    if sampler in ("full", "int") and batch_size is not None and batch_size > 0:
+        what = "every sample" if sampler == "full" else "its own subset of the whole signal (--int-ratio sets its size)"
+        raise ValueError(f"--sampler {sampler} trains on {what}; drop --batch-size {batch_size} (or use --sampler random)")
+    if sampler == "random" and batch_size == 0:
+        raise ValueError("--sampler random needs mini-batches: give --batch-size > 0 (or use --sampler full)")
+    if sampler != "int":
+        given = [name for name in INT_FLAGS if getattr(config, name) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ValueError(f"{flag} applies only to --sampler int; add --sampler int or drop {flag}")
+        return
+    options = int_options(config)
+    ratio = make_ratio_schedule(options.ratio, options.ratio_start, options.ratio_end, options.stages)
+    make_interval_schedule(options.interval, options.max_interval, options.stages)
+    if min(ratio.ratio(0, config.steps), ratio.ratio(config.steps - 1, config.steps)) >= 1.0:
+        values = "--int-ratio-start 1" if options.ratio == "constant" else "--int-ratio-start and --int-ratio-end 1"
+        raise ValueError(
+            f"--int-ratio {options.ratio} with {values} selects every sample at every step, so --sampler int would "
+            "only add error passes to full-batch training; use --sampler full, or a ratio below 1"
+        )
 
 
 def omega0_argument(config: FitConfig) -> float | tuple[float, ...]:
