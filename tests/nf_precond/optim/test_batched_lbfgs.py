@@ -89,7 +89,8 @@ def test_non_finite_trials_never_reach_the_parameters_of_any_net():
     for _ in range(40):
         optimizer.step(closure)
         assert torch.isfinite(x).all() and (x.detach()[:, 0] <= 1.3).all()
-    torch.testing.assert_close(x.detach()[[0, 2]], torch.tensor([[1.0, 1.0], [-0.5, 0.25]], dtype=F64), atol=1e-4, rtol=0)
+    minima = torch.tensor([[1.0, 1.0], [-0.5, 0.25]], dtype=F64)
+    torch.testing.assert_close(x.detach()[[0, 2]], minima, atol=1e-4, rtol=0)
 
 
 def test_one_closure_call_per_trial_for_all_nets():

@@ -19,7 +19,10 @@ F64 = torch.float64
 # -- pure functions against their twins ------------------------------------------------------------------------------
 
 
-def two_loop_reference(grad: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], gamma: float) -> torch.Tensor:
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def two_loop_reference(grad: torch.Tensor, pairs: Pairs, gamma: float) -> torch.Tensor:
     """The textbook two-loop recursion (Nocedal & Wright, Alg. 7.4) for one net, pairs oldest first."""
     q = -grad.clone()
     alphas = []
@@ -34,7 +37,7 @@ def two_loop_reference(grad: torch.Tensor, pairs: list[tuple[torch.Tensor, torch
     return r
 
 
-def dense_bfgs_direction(grad: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]], gamma: float) -> torch.Tensor:
+def dense_bfgs_direction(grad: torch.Tensor, pairs: Pairs, gamma: float) -> torch.Tensor:
     """-H g with H from the BFGS inverse update applied to γI, as dense matrices."""
     eye = torch.eye(len(grad), dtype=grad.dtype)
     inverse_hessian = gamma * eye
@@ -53,7 +56,7 @@ def test_history_direction_matches_two_loop_and_dense_bfgs(slots):
     curvatures = [torch.randn(width, width, dtype=F64, generator=generator) for _ in range(num_nets)]
     curvatures = [a @ a.T + width * torch.eye(width, dtype=F64) for a in curvatures]
     history = CurvatureHistory.empty(num_nets, slots, torch.zeros(num_nets, width, dtype=F64))
-    kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(num_nets)]
+    kept: list[Pairs] = [[] for _ in range(num_nets)]
     for round_ in range(rounds):
         steps = torch.randn(num_nets, width, dtype=F64, generator=generator)
         diffs = torch.stack([curvatures[n] @ steps[n] for n in range(num_nets)])
