@@ -228,6 +228,19 @@ def test_forward_passes_outside_step_are_not_recorded_and_hold_no_memory():
     assert optimizer._batch == {}
 
 
+def test_hooks_keep_no_activation_alive_after_the_step():
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    inputs, targets = torch.randn(16, 2), torch.randn(16, 1)
+    hidden: list[weakref.ref] = []  # to the activations' storage: a detached view would keep it alive
+    model[2].register_forward_pre_hook(lambda module, args: hidden.append(weakref.ref(args[0].untyped_storage())))
+    optimizer = KFAC(model, lr=0.1)
+    closure = _mse_closure(optimizer, model, inputs, targets)
+    for _ in range(3):
+        optimizer.step(closure)
+    gc.collect()
+    assert len(hidden) == 3 and all(ref() is None for ref in hidden)
+
+
 def test_remove_hooks_and_context_manager_detach_from_the_model():
     layer = nn.Linear(2, 1)
     with KFAC(layer, lr=0.1) as optimizer:
