@@ -22,6 +22,15 @@ from fitters.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny fits gain nothing from threads, and on a busy shared CPU two threads stall each other (~30x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def photo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("img") / "crop.png"
@@ -163,7 +172,7 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path: Path, photo_path: Path,
 def test_ctrl_c_writes_checkpoint_and_resume_continues(tmp_path: Path, photo_path: Path) -> None:
     out = tmp_path / "run"
     args = [sys.executable, "-m", "fitters.cli", str(photo_path), "--optim", "adam", "--lr", "1e-3", "--hidden", "8",
-            "--layers", "1", "--steps", "1000000", "--log-every", "50", "--batch-size", "0", "--out", str(out)]
+            "--layers", "1", "--steps", "1000000", "--log-every", "50", "--batch-size", "0", "--threads", "1", "--out", str(out)]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2):

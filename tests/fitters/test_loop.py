@@ -19,6 +19,15 @@ from nf_precond.optim import NonFiniteLossError, build_optimizer
 from nf_precond.sampling import FullBatch, RandomBatches, Sampler
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a busy shared CPU two threads stall each other (~30x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_signal() -> ImageSignal:
     """A 16x16 gray crop of the cameraman photo (paper 1's image)."""
     return ImageSignal(data.camera()[200:232:2, 200:232:2, None].astype(np.float32) / 255.0)
