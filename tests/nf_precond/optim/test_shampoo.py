@@ -41,10 +41,8 @@ def test_matrix_inverse_root_clamps_eigenvalues_at_the_floor():
 
 def _batches(count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(6, 3, generator=generator, dtype=torch.float64), torch.randn(6, 4, generator=generator, dtype=torch.float64))
-        for _ in range(count)
-    ]
+    draw = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    return [(draw(6, 3), draw(6, 4)) for _ in range(count)]
 
 
 def _loss(weight: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
