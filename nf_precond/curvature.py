@@ -49,7 +49,9 @@ def hvp(
     and it is skipped. ``retain_graph=True`` keeps the graph for further products (estimators with many samples).
     """
     if not (len(grads) == len(params) == len(vectors)):
-        raise ValueError(f"hvp needs one grad and one vector per parameter, got {len(grads)}, {len(params)}, {len(vectors)}")
+        raise ValueError(
+            f"hvp needs one grad and one vector per parameter, got {len(grads)}, {len(params)}, {len(vectors)}"
+        )
     with_graph = [(g, v) for g, v in zip(grads, vectors) if g.requires_grad]
     if not with_graph:
         raise ValueError(
