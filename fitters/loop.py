@@ -141,7 +141,10 @@ class FitLoop:
         on_log: LogCallback | None = None,
         progress: bool = False,
         summary_extra: dict[str, Any] | None = None,
+        predict: Predict | None = None,
     ):
+        """``predict`` evaluates the field for ``signal.evaluate`` (default: ``model`` in chunks of
+        ``options.eval_chunk`` rows; tiled fields pass their own)."""
         self.signal = signal
         self.model = model
         self.optimizer = optimizer
@@ -151,7 +154,7 @@ class FitLoop:
         self.on_log = on_log
         self.progress = progress
         self.summary_extra = summary_extra or {}
-        self.predict = make_predict(model, options.eval_chunk)
+        self.predict = predict or make_predict(model, options.eval_chunk)
         self.device = signal.coords.device
         self.step = 0
         self.time_s = 0.0
@@ -214,7 +217,7 @@ class FitLoop:
         record: dict[str, Any] = {
             "step": self.step,
             "time_s": round(self.time_s, 6),
-            "loss": float(loss) if loss is not None else None,
+            "loss": float(loss.mean()) if loss is not None else None,  # batched fields: the mean over nets
             "closure_evals": self.closure_evals,
         }
         record.update(self.signal.evaluate(self.predict))
