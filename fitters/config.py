@@ -89,6 +89,12 @@ class FitConfig:
     """lbfgs only, when the training samples change (INT reselection, random batches): keep = keep the curvature
     history (the next iteration re-evaluates its start on the new samples); reset = forget it. keep measured better
     with INT (benchmarks/results/int_optimizers.md: 37.4 vs 29.2 dB after 150 steps, same time)."""
+    kilo: str | None = None
+    """Fit in tiles, one tiny MLP per tile, all trained at once (paper 1 KiloImage/KiloVideo): tile counts per axis,
+    ROWSxCOLUMNS for images (e.g. 16x16), FRAMESxROWSxCOLUMNS for video (e.g. 4x8x8); full batch per tile;
+    --optim lbfgs, adam or sgd. A count that does not divide the size pads the far end (see fitters/kilo.py)."""
+    kilo_group: int | None = None
+    """--kilo: train this many tiles at a time, group after group (bounded memory for huge signals); None = all."""
     log_every: int | None = None
     """Evaluate and log every N steps (and always at the end); None = once per epoch (every step for the full
     batch), but at least every steps/100."""
@@ -145,7 +151,7 @@ def resolve(config: FitConfig) -> FitConfig:
     lr = config.lr if config.lr is not None else spec.defaults.get("lr")
     sampler, batch_size = config.sampler, config.batch_size
     if sampler is None:
-        full = batch_size == 0 or (batch_size is None and spec.full_batch)
+        full = batch_size == 0 or (batch_size is None and (spec.full_batch or config.kilo is not None))
         sampler = "full" if full else "random"
     if batch_size is None:
         batch_size = DEFAULT_MINI_BATCH if sampler == "random" else 0
