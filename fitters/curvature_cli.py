@@ -331,7 +331,8 @@ def plot(report: dict[str, Any], final: Path) -> None:
         )  # fmt: skip
     for axis in list(axes.flat)[len(networks):]:
         axis.axis("off")
-    figure.suptitle(f"Hessian eigenvalues near 0 over {report['iterations']} L-BFGS iterations ({Path(report['signal']['path']).name})",
+    iterations = ", ".join(str(i) for i in report["snapshot_iterations"])
+    figure.suptitle(f"Hessian eigenvalues near 0 at L-BFGS iterations {iterations} ({Path(report['signal']['path']).name})",
                     fontsize=9)
     figure.tight_layout()
     with atomic_path(final) as temporary:
