@@ -354,8 +354,10 @@ def hvp_sparsity(report: Results, file: str) -> Measurement:
     return Measurement("; ".join(parts), None, reproduced, (report["plot"],), report["command"])
 
 
-def int_row(label_match: str, paper_saved: float) -> Callable[[Results, str], Measurement]:
-    """An INT run against the no-INT baseline of the same case (int_speed report): wall time saved, metric change."""
+def int_row(label_match: str, paper_saved: float, min_change: float) -> Callable[[Results, str], Measurement]:
+    """An INT run against the no-INT baseline of the same case (int_speed report): wall time saved, metric change.
+    It reproduces when the saving is as the paper's (see the module docstring) and the metric changed by at least
+    ``min_change`` (dB, or IoU as a fraction) in every case."""
 
     def measure(report: Results, file: str) -> Measurement:
         cases = report["results"]
@@ -375,7 +377,8 @@ def int_row(label_match: str, paper_saved: float) -> Callable[[Results, str], Me
         saved = sum(saved_all) / len(saved_all)
         ratio = saved / paper_saved if paper_saved else None
         same_sign = (saved > 0) == (paper_saved > 0)
-        reproduced = same_sign and (ratio is None or ratio >= REPRODUCED_FRACTION)
+        kept_quality = all(change >= min_change for change in change_all)
+        reproduced = same_sign and (ratio is None or ratio >= REPRODUCED_FRACTION) and kept_quality
         return Measurement("; ".join(parts), ratio, reproduced, tuple(plots),
                            f"python -m benchmarks.int_speed {report['case']}")
 
@@ -397,6 +400,8 @@ INT_TABLE1 = {
     "rcosine / decremental": (225.30, 33.56), "step / dense": (468.01, 36.84), "step / incremental": (211.04, 37.04),
 }  # fmt: skip
 INT_BASE = (345.22, 35.95)
+PAPER_QUALITY_TOLERANCE_DB, PAPER_QUALITY_TOLERANCE_IOU = 1.0, 0.01
+"""INT paper, Sec. 5: "minimal degradation in performance (< 1dB PSNR or < 1% IoU)"."""
 FIT = "nf-bench"
 CURVATURE = "nf-curvature camera.png --size 50 50 --shapes {shape} --inits {init} --iterations 50 --out benchmarks/results"
 
@@ -490,8 +495,9 @@ def _claims() -> list[Claim]:
         claims.append(Claim(
             f"int-table1-{label.replace(' / ', '-')}", "INT", f"INT Table 1: ratio / interval = {label}",
             f"{_time_change(1 - time / base_time)}, {psnr - base_psnr:+.2f} dB", ("int_table1",),
-            "python -m benchmarks.int_speed table1", int_row(label, 1 - time / base_time),
-            "tiny photos and 300 steps: the selection pass costs a larger share of each step than on Kodak at 5000",
+            "python -m benchmarks.int_speed table1", int_row(label, 1 - time / base_time, psnr - base_psnr - PAPER_QUALITY_TOLERANCE_DB),
+            "tiny photos and 300 steps: the selection pass costs a larger share of each step than on Kodak, and fewer "
+            "steps leave less time to recover the quality lost to training on a subset",
         ))  # fmt: skip
     table2 = (("audio", 23.05, 15.76, 48.38, 48.15, "dB"), ("image", 345.22, 211.04, 36.09, 36.97, "dB"),
               ("megapixel", 16780, 11870, 31.82, 33.01, "dB"), ("occupancy", 144.58, 93.19, 97.07, 96.68, "% iou"))
@@ -500,8 +506,10 @@ def _claims() -> list[Claim]:
             f"int-table2-{case}", "INT", f"INT Table 2: {case}, step-incremental INT vs none",
             f"{_time_change(1 - after / before)}, {metric_after - metric_before:+.2f} {unit}", (f"int_{case}",),
             f"python -m benchmarks.int_speed {case}",
-            int_row("INT step-dense" if case == "megapixel" else "INT step-incremental", 1 - after / before),
-            "a scaled-down signal and step count on 2 shared CPU cores, where the selection pass is relatively dearer",
+            int_row("INT step-dense" if case == "megapixel" else "INT step-incremental", 1 - after / before,
+                    -PAPER_QUALITY_TOLERANCE_IOU if case == "occupancy" else -PAPER_QUALITY_TOLERANCE_DB),
+            "a scaled-down signal and step count on 2 shared CPU cores: fewer steps leave less time to recover the "
+            "quality lost to training on a subset, and the selection pass is relatively dearer",
         ))  # fmt: skip
     return claims
 

@@ -151,3 +151,18 @@ def test_committed_results_all_have_readers() -> None:
 def test_other_measurements_are_listed(tmp_path: Path) -> None:
     shutil.copy(reproduction.RESULTS_DIR / "batched_mlp.json", tmp_path / "batched_mlp.json")
     assert "[batched_mlp.md](benchmarks/results/batched_mlp.md)" in render(load_results(tmp_path))
+
+
+@pytest.mark.parametrize(("time_saved", "psnr_change", "reproduced"), [(0.4, -0.5, True), (0.5, -3.0, False), (0.05, 0.0, False)])
+def test_int_rows_need_the_saving_and_the_quality(
+    time_saved: float, psnr_change: float, reproduced: bool, tmp_path: Path
+) -> None:
+    """INT paper Table 2, image: 38.9% less time with < 1 dB lost (Sec. 5)."""
+    runs = [{"label": "no INT", "time_s": 10.0, "time_saved": 0.0, "metric_change": 0.0},
+            {"label": "INT step-incremental", "time_s": 10.0 * (1 - time_saved), "time_saved": time_saved,
+             "metric_change": psnr_change}]  # fmt: skip
+    write(tmp_path, "int_image", {"case": "image", "results": [{"case": "image", "metric": "psnr", "runs": runs}]})
+    line = row_of(render(load_results(tmp_path)), "INT Table 2: image")
+    assert ("| reproduced |" in line) is reproduced
+    assert f"| {time_saved / (1 - 211.04 / 345.22):.2f} |" in line
+    assert "[int_image_image.png](benchmarks/results/int_image_image.png)" in line
