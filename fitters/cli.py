@@ -29,6 +29,7 @@ from fitters.config import (
     to_dict,
     with_log_interval,
 )
+from fitters.kilo import KiloLoop, check_full_batch_fits, kilo_loop
 from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
 from fitters.run_dir import CONFIG, RunDir
 from fitters.signal import Signal
@@ -138,17 +139,27 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
     run_dir = RunDir.check(config.out, overwrite=config.overwrite, resume=config.resume)
     signal = load_signal(config.path, config.signal).to(device)
     config = with_log_interval(config, signal.num_samples)
-    model, optimizer, sampler = build_components(config, signal)
+    if config.kilo is None and config.kilo_group is not None:
+        raise ValueError(f"--kilo-group {config.kilo_group} applies only to --kilo; add --kilo TILES or drop it")
+    if config.kilo is None:
+        check_full_batch_fits(signal, config.hidden, config.layers, config.batch_size, device)
+        model, optimizer, sampler = build_components(config, signal)
     loop_extra = {
         "optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "sampler": config.sampler,
         "path": str(config.path),
     }
     viewer, on_log = viewer_callback(config, signal) if config.viewer else (None, None)
     try:
-        loop = FitLoop(
-            signal, model, optimizer, sampler, loop_options(config),
-            run_dir=run_dir, on_log=on_log, progress=progress, summary_extra=loop_extra,
-        )
+        if config.kilo is not None:
+            loop: FitLoop | KiloLoop = kilo_loop(
+                config, signal, loop_options(config),
+                run_dir=run_dir, on_log=on_log, progress=progress, summary_extra=loop_extra,
+            )
+        else:
+            loop = FitLoop(
+                signal, model, optimizer, sampler, loop_options(config),
+                run_dir=run_dir, on_log=on_log, progress=progress, summary_extra=loop_extra,
+            )
         if config.resume:
             try:
                 loop.load_state_dict(run_dir.load_checkpoint(device))

@@ -1,0 +1,487 @@
+"""Kilo tiling (paper 1 §5.2 KiloImage, supp. §4.5 KiloVideo): one tiny MLP per cell of a grid over the signal.
+
+``nf-fit photo.png --kilo 16x16`` splits an image into 16 x 16 tiles (``--kilo 4x8x8``: a video into 4 x 8 x 8 blocks
+of frames x rows x columns), fits every tile with its own small field on local coordinates in [-1, 1], and stitches
+the tiles' outputs into one reconstruction. All tiles of a group train at once: one ``BatchedMLP`` (one batched
+matmul per layer for every tile) driven by one optimizer (``BatchedLBFGS`` for ``--optim lbfgs``: each tile keeps
+its own curvature history and line search; Adam and SGD are element-wise, so one of them over the stacked weights is
+exactly one per tile). The generic ``FitLoop`` runs each group; ``KiloSignal`` is the signal it sees.
+
+Padding: a tile count that does not divide an axis pads that axis at its far end (bottom rows, right columns, last
+frames) by repeating the last sample, up to ``tiles * ceil(size / tiles)``, so every tile has the same number of
+points (one batched matmul needs that). Padded samples are trained on (a flat continuation costs the tile little)
+and cropped from the reconstruction and every metric. A count that would leave a tile with nothing but padding is
+refused with the largest count that works.
+
+Streaming: ``--kilo-group G`` trains G tiles at a time, group after group, each to the end of its steps; only the
+current group's field, optimizer state and activations are alive, so peak memory is bounded by G, not by the image
+(the signal, the stitched reconstruction and the final weights, all proportional to the pixels, are kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from fitters import metrics
+from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
+from fitters.run_dir import RunDir
+from fitters.signal import Predict, Signal, SignalError
+from nf_precond.nn import BatchedMLP
+from nf_precond.optim import build_optimizer
+from nf_precond.optim.batched_lbfgs import BatchedLBFGS
+from nf_precond.sampling import FullBatch
+
+KILO_OPTIMIZERS = ("lbfgs", "adam", "sgd")
+"""Optimizers that treat every tile on its own when run over stacked weights (L-BFGS through BatchedLBFGS; Adam and
+SGD update element-wise). Shampoo, K-FAC and the Hessian-diagonal methods would mix tiles or are untested here."""
+LBFGS_HISTORY = 20
+"""Curvature pairs per tile: 2 * 20 + 4 copies of a 4x64 tile's 12.9k weights is 2.3 MB per tile (the single-net
+default of 100 would be 10 MB per tile, 16 GB for paper 1's 1600 tiles)."""
+AXIS_NAMES = {"image": ("rows", "columns"), "video": ("frames", "rows", "columns")}
+FLOAT_BYTES = 4
+ACTIVATION_COPIES = 4
+"""Floats kept per hidden unit per point for forward + backward (pre-activation, activation, its derivative, the
+gradient); used only to estimate whether a full batch fits in memory."""
+
+
+# -- the grid ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles over a signal's sample grid. ``shape`` is the grid in array order ((H, W) or (T, H, W)); coordinate
+    column k of the signal indexes array axis ``coord_axes[k]`` (images store (x, y), so (1, 0)); rows of the signal
+    are the grid in C order."""
+
+    shape: tuple[int, ...]
+    tiles: tuple[int, ...]
+    coord_axes: tuple[int, ...]
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        return tuple(-(-size // count) for size, count in zip(self.shape, self.tiles))
+
+    @property
+    def num_tiles(self) -> int:
+        return math.prod(self.tiles)
+
+    @property
+    def points_per_tile(self) -> int:
+        return math.prod(self.tile_shape)
+
+    def _strides(self) -> list[int]:
+        return [math.prod(self.shape[axis + 1 :]) for axis in range(len(self.shape))]
+
+    def tile_rows(self, tile_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For tiles ``tile_ids`` [n]: the signal row of every tile point [n, P] (padding repeats the last sample of
+        the axis) and whether the point is a real sample rather than padding [n, P]."""
+        device = tile_ids.device
+        tile_shape = torch.tensor(self.tile_shape, device=device)
+        tile_index = torch.stack(torch.unravel_index(tile_ids, self.tiles), dim=-1)  # [n, d]
+        offsets = torch.stack(torch.unravel_index(torch.arange(self.points_per_tile, device=device), self.tile_shape), -1)
+        position = tile_index[:, None, :] * tile_shape + offsets[None]  # [n, P, d]
+        size = torch.tensor(self.shape, device=device)
+        real = (position < size).all(dim=-1)
+        clamped = torch.minimum(position, size - 1)
+        rows = (clamped * torch.tensor(self._strides(), device=device)).sum(dim=-1)
+        return rows, real
+
+    def local_coords(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """[P, d] coordinates of a tile's points in [-1, 1], columns in the signal's coordinate order."""
+        axes = [torch.linspace(-1.0, 1.0, size, device=device) if size > 1 else torch.full((1,), -1.0, device=device)
+                for size in self.tile_shape]  # fmt: skip
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(self.shape))
+        return grid[:, list(self.coord_axes)]
+
+    def split(self, values: torch.Tensor, tile_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Signal rows [num_samples, C] as tiles [n, P, C] (all tiles, or ``tile_ids``)."""
+        ids = torch.arange(self.num_tiles, device=values.device) if tile_ids is None else tile_ids.to(values.device)
+        rows, _ = self.tile_rows(ids)
+        return values[rows]
+
+    def stitch_into(self, out: torch.Tensor, tiled: torch.Tensor, tile_ids: torch.Tensor) -> None:
+        """Write tiles ``tiled`` [n, P, C] of ``tile_ids`` into the signal rows ``out`` [num_samples, C] (padding
+        dropped)."""
+        rows, real = self.tile_rows(tile_ids.to(out.device))
+        out[rows[real]] = tiled[real.to(tiled.device)].to(out.device, out.dtype)
+
+    def stitch(self, tiled: torch.Tensor) -> torch.Tensor:
+        """All tiles [N, P, C] back as signal rows [num_samples, C]."""
+        out = tiled.new_empty(math.prod(self.shape), tiled.shape[-1])
+        self.stitch_into(out, tiled, torch.arange(self.num_tiles, device=tiled.device))
+        return out
+
+    def rows_of(self, coords: torch.Tensor) -> torch.Tensor:
+        """The signal rows [M] of grid coordinates [M, d] (each axis sampled as linspace(-1, 1, size))."""
+        rows = torch.zeros(coords.shape[0], dtype=torch.long, device=coords.device)
+        for column, axis in enumerate(self.coord_axes):
+            size = self.shape[axis]
+            index = ((coords[:, column] + 1) * ((size - 1) / 2)).round().long().clamp(0, size - 1)
+            rows += index * self._strides()[axis]
+        return rows
+
+
+def parse_tiles(text: str, kind: str) -> tuple[int, ...]:
+    """``"16x16"`` -> (16, 16): one positive count per axis of the signal (``AXIS_NAMES``)."""
+    axes = AXIS_NAMES[kind]
+    example = "x".join(["16", "16"] if kind == "image" else ["4", "8", "8"])
+    form = f"{'x'.join(a.upper() for a in axes)} (e.g. --kilo {example})"
+    if not re.fullmatch(r"\s*\d+(\s*x\s*\d+)*\s*", text.lower()):
+        raise ValueError(f"--kilo {text!r}: expected tile counts {form}")
+    counts = tuple(int(part) for part in text.lower().split("x"))
+    if len(counts) != len(axes):
+        raise ValueError(f"--kilo {text!r}: a {kind} needs {len(axes)} tile counts, {form}")
+    if min(counts) < 1:
+        raise ValueError(f"--kilo {text!r}: every tile count must be >= 1, {form}")
+    return counts
+
+
+def make_grid(signal: Signal, text: str) -> TileGrid:
+    """The ``--kilo`` grid over an image or video signal; one clear error for other signals or impossible counts."""
+    if signal.kind == "image":
+        shape, coord_axes = (signal.height, signal.width), (1, 0)  # type: ignore[attr-defined]
+    elif signal.kind == "video":
+        shape, coord_axes = tuple(signal.frame_shape), (0, 1, 2)  # type: ignore[attr-defined]
+    else:
+        raise SignalError(f"--kilo tiles images and videos, not {signal.kind} signals; drop --kilo")
+    tiles = parse_tiles(text, signal.kind)
+    for name, size, count in zip(AXIS_NAMES[signal.kind], shape, tiles):
+        tile = -(-size // count)
+        if (count - 1) * tile >= size:
+            usable = max(c for c in range(1, count) if (c - 1) * -(-size // c) < size)
+            raise ValueError(
+                f"--kilo {text}: {count} tiles over {size} {name} would leave the last tile with only padding; "
+                f"use at most {usable} along the {name} (or a count that divides {size})"
+            )
+    return TileGrid(shape, tiles, coord_axes)
+
+
+# -- the signal the fit loop sees ----------------------------------------------------------------------------------
+
+
+class KiloSignal(Signal):
+    """Some (by default all) tiles of a signal: ``coords`` [n, P, d] local, ``targets`` [n, P, C]; ``loss`` returns
+    one MSE per tile [n], which ``BatchedLBFGS`` needs and whose sum gives every tile its own gradient.
+
+    Covering every tile, ``evaluate``/``save_reconstruction`` stitch and hand over to the underlying signal (same
+    metrics as without --kilo); a group of tiles reports the PSNR over its own real samples.
+    """
+
+    def __init__(self, base: Signal, grid: TileGrid, tile_ids: torch.Tensor | None = None):
+        self.base, self.grid = base, grid
+        self.kind, self.metric = base.kind, base.metric  # type: ignore[misc]
+        device = base.targets.device
+        self.tile_ids = torch.arange(grid.num_tiles, device=device) if tile_ids is None else tile_ids.to(device)
+        self.rows, self.real = grid.tile_rows(self.tile_ids)
+        self.targets = base.targets[self.rows]
+        self.coords = grid.local_coords(device).expand(len(self.tile_ids), -1, -1)
+
+    @property
+    def covers_all(self) -> bool:
+        return len(self.tile_ids) == self.grid.num_tiles
+
+    def to(self, device: torch.device | str) -> KiloSignal:
+        for name in ("coords", "targets", "rows", "real", "tile_ids"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).square().mean(dim=(1, 2))
+
+    def per_sample_error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise ValueError("--kilo trains every tile on all its points; INT selection does not apply (drop --sampler)")
+
+    def stitched_predict(self, predict: Predict) -> Predict:
+        """A predict over the underlying signal's coordinates, from the tiles' outputs (all tiles evaluated once)."""
+        stitched = self.grid.stitch(predict(self.coords))
+
+        def lookup(coords: torch.Tensor) -> torch.Tensor:
+            # The signal's own grid (every evaluation) needs no lookup; previews ask for parts of it.
+            return stitched if coords is self.base.coords else stitched[self.grid.rows_of(coords)]
+
+        return lookup
+
+    def evaluate(self, predict: Predict) -> dict[str, float]:
+        if self.covers_all:
+            return self.base.evaluate(self.stitched_predict(predict))
+        pred = predict(self.coords)[self.real].clamp(0, 1)
+        return {self.metric: metrics.psnr(pred, self.targets[self.real])}
+
+    def final_metrics(self, predict: Predict) -> dict[str, float]:
+        return self.base.final_metrics(self.stitched_predict(predict)) if self.covers_all else self.evaluate(predict)
+
+    def save_reconstruction(self, predict: Predict, out_dir: Any) -> Any:
+        if not self.covers_all:
+            raise ValueError("a group of tiles has no whole reconstruction; KiloLoop stitches the groups")
+        return self.base.save_reconstruction(self.stitched_predict(predict), out_dir)
+
+    def preview(self, predict: Predict) -> Any:
+        return self.base.preview(self.stitched_predict(predict)) if self.covers_all else None
+
+    def target_preview(self) -> Any:
+        return self.base.target_preview()
+
+
+def tiled_predict(model: BatchedMLP, chunk: int) -> Predict:
+    """Evaluate a ``BatchedMLP`` on tiled coordinates [n, P, d] -> [n, P, C] without a graph, about ``chunk``
+    coordinates per pass (split along the points, every tile in each pass)."""
+
+    def predict(coords: torch.Tensor) -> torch.Tensor:
+        per_tile = max(1, chunk // coords.shape[0])
+        with torch.no_grad():
+            return torch.cat([model(part) for part in coords.split(per_tile, dim=1)], dim=1)
+
+    return predict
+
+
+# -- building and running ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldOptions:
+    """The per-tile field and its optimizer (the nf-fit flags of the same names)."""
+
+    hidden: int = 64
+    layers: int = 4
+    activation: str = "sine"
+    omega0: float | tuple[float, ...] = 30.0
+    sigma: float = 0.05
+    wavelet_omega0: float = 10.0
+    wavelet_s0: float = 10.0
+    pe_frequencies: int = 8
+    init: str = "auto"
+    optim: str = "lbfgs"
+    lr: float | None = None
+    seed: int = 0
+
+
+def build_field(options: FieldOptions, num_tiles: int, in_features: int, out_features: int) -> BatchedMLP:
+    """One tiny MLP per tile, stacked, initialised from ``options.seed`` (on the CPU: the same weights on any
+    device, whatever the grouping)."""
+    field_keys = ("hidden", "layers", "activation", "omega0", "sigma", "wavelet_omega0", "wavelet_s0",
+                  "pe_frequencies", "init")  # fmt: skip
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(options.seed)
+    try:
+        return BatchedMLP(num_tiles, in_features, out_features, **{key: getattr(options, key) for key in field_keys})
+    finally:
+        torch.set_rng_state(generator_state)
+
+
+def select_nets(model: BatchedMLP, ids: torch.Tensor, device: torch.device) -> BatchedMLP:
+    """Nets ``ids`` of ``model`` as a ``BatchedMLP`` of their own on ``device``."""
+    subset = BatchedMLP(len(ids), **dataclasses.asdict(model.config), device=device)
+    with torch.no_grad():
+        for mine, theirs in zip(subset.parameters(), model.parameters()):
+            mine.copy_(theirs[ids.to(theirs.device)])
+    return subset
+
+
+def build_optimizer_for(model: BatchedMLP, options: FieldOptions) -> torch.optim.Optimizer:
+    """The optimizer that trains every net of ``model`` at once, each as if on its own."""
+    if options.optim not in KILO_OPTIMIZERS:
+        raise ValueError(f"--kilo works with --optim {', '.join(KILO_OPTIMIZERS)}; got --optim {options.optim}")
+    if options.optim == "lbfgs":
+        lr = 1.0 if options.lr is None else options.lr
+        return BatchedLBFGS(model.parameters(), num_nets=model.num_nets, lr=lr, history_size=LBFGS_HISTORY)
+    return build_optimizer(options.optim, model, lr=options.lr)
+
+
+def field_bytes(num_tiles: int, points_per_tile: int, channels: int, options: FieldOptions) -> int:
+    """Rough training memory of ``num_tiles`` tiles at once: activations of one forward + backward, weights,
+    gradients and the optimizer's per-weight state (L-BFGS: its history)."""
+    hidden, layers = options.hidden, options.layers
+    weights = (layers - 1) * hidden * (hidden + 1) + 3 * (hidden + 1) + hidden * channels + channels
+    copies = 2 * LBFGS_HISTORY + 6 if options.optim == "lbfgs" else 4
+    activations = points_per_tile * hidden * layers * ACTIVATION_COPIES
+    return num_tiles * FLOAT_BYTES * (weights * copies + activations)
+
+
+def memory_available(device: torch.device) -> int:
+    """Bytes the device has in total (CUDA) or the machine's physical memory (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_full_batch_fits(signal: Signal, hidden: int, layers: int, batch_size: int, device: torch.device) -> None:
+    """Refuse a full batch whose activations alone would exceed the device's memory, with the two ways out."""
+    if batch_size or signal.kind not in AXIS_NAMES:
+        return
+    needed = signal.num_samples * hidden * layers * ACTIVATION_COPIES * FLOAT_BYTES
+    available = memory_available(device)
+    if needed > available:
+        example = "16x16" if signal.kind == "image" else "4x8x8"
+        raise ValueError(
+            f"a full batch of {signal.num_samples:,} samples needs about {needed / 2**30:.0f} GiB for the "
+            f"{layers}x{hidden} field's activations, more than the {available / 2**30:.0f} GiB here; fit it in tiles "
+            f"with --kilo (e.g. --kilo {example}, one tiny MLP per tile) or in mini-batches with --batch-size 65536"
+        )
+
+
+def group_ids(num_tiles: int, group: int | None, device: torch.device) -> list[torch.Tensor]:
+    ids = torch.arange(num_tiles, device=device)
+    return list(ids.split(group or num_tiles))
+
+
+class KiloLoop:
+    """Fit every tile of ``base`` in groups of ``group`` tiles (None = all at once) with the generic ``FitLoop``.
+
+    One group is a plain ``FitLoop`` run (metrics, checkpoints, resume as without --kilo). Several groups run one
+    after the other: metrics.jsonl gets each group's records (``group``, its tile PSNR, steps and time counted on
+    from the previous groups) and a final record with the whole signal's metric; checkpoint.pt holds every tile's
+    weights (``model``: a ``BatchedMLP`` state dict over all tiles).
+    """
+
+    def __init__(
+        self,
+        base: Signal,
+        grid: TileGrid,
+        field: FieldOptions,
+        options: LoopOptions,
+        *,
+        group: int | None = None,
+        run_dir: RunDir | None = None,
+        on_log: LogCallback | None = None,
+        progress: bool = False,
+        summary_extra: dict[str, Any] | None = None,
+    ):
+        if group is not None and group < 1:
+            raise ValueError(f"--kilo-group must be >= 1 tiles, got {group}")
+        self.base, self.grid, self.field, self.options = base, grid, field, options
+        self.device = base.targets.device
+        self.groups = group_ids(grid.num_tiles, group, self.device)
+        needed = field_bytes(len(self.groups[0]), grid.points_per_tile, base.out_features, field)
+        if needed > memory_available(self.device):
+            raise ValueError(
+                f"training {len(self.groups[0])} tiles at once needs about {needed / 2**30:.1f} GiB, more than the "
+                f"{memory_available(self.device) / 2**30:.0f} GiB here; stream them with a smaller --kilo-group"
+            )
+        self.run_dir, self.on_log, self.progress = run_dir, on_log, progress
+        self.summary_extra = {
+            "kilo": "x".join(map(str, grid.tiles)), "tiles": grid.num_tiles,
+            "tile_shape": list(grid.tile_shape), "kilo_group": len(self.groups[0]), **(summary_extra or {}),
+        }  # fmt: skip
+        self.initial = build_field(field, grid.num_tiles, len(grid.shape), base.out_features)
+        self._single: FitLoop | None = None
+        if len(self.groups) == 1:
+            self._single = self._group_loop(self.groups[0], run_dir=run_dir, on_log=on_log, progress=progress)
+
+    def _group_loop(self, ids: torch.Tensor, **kwargs: Any) -> FitLoop:
+        signal = KiloSignal(self.base, self.grid, ids)
+        model = select_nets(self.initial, ids, self.device)
+        return FitLoop(
+            signal, model, build_optimizer_for(model, self.field), FullBatch(), self.options,
+            predict=tiled_predict(model, self.options.eval_chunk), summary_extra=self.summary_extra, **kwargs,
+        )  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._single is None:
+            raise ValueError("--resume continues runs that trained all tiles at once; rerun without --resume")
+        self._single.load_state_dict(state)
+
+    @property
+    def step(self) -> int:
+        """Steps taken (a resumed single-group run counts its earlier ones)."""
+        return self._single.step if self._single is not None else 0
+
+    def run(self) -> FitOutcome:
+        if self._single is not None:
+            return self._single.run()
+        return self._run_groups()
+
+    def _run_groups(self) -> FitOutcome:
+        reconstruction = torch.empty_like(self.base.targets)
+        weights: list[dict[str, torch.Tensor]] = []
+        step = closure_evals = 0
+        time_s = 0.0
+        status = "completed"
+        history: list[dict[str, Any]] = []
+        diverged_at = None
+        with tqdm(total=self.grid.num_tiles, unit="tile", disable=None if self.progress else True,
+                  dynamic_ncols=True, desc="kilo") as bar:  # fmt: skip
+            for index, ids in enumerate(self.groups):
+                loop = self._group_loop(ids, progress=False)
+                outcome = loop.run()
+                for record in outcome.history:
+                    record = {**record, "step": step + record["step"], "time_s": round(time_s + record["time_s"], 6),
+                              "closure_evals": closure_evals + record["closure_evals"], "group": index}  # fmt: skip
+                    history.append(record)
+                    if self.run_dir is not None:
+                        self.run_dir.append_metrics(record)
+                self.grid.stitch_into(reconstruction, loop.predict(loop.signal.coords), ids)
+                weights.append({k: v.detach().cpu() for k, v in loop.model.state_dict().items()})
+                step, time_s = step + outcome.step, time_s + outcome.time_s
+                closure_evals += outcome.closure_evals
+                bar.update(len(ids))
+                bar.set_postfix({self.base.metric: f"{outcome.history[-1].get(self.base.metric, math.nan):.2f}"})
+                if outcome.status in ("diverged", "interrupted"):
+                    status = outcome.status
+                    if outcome.diverged_at is not None:
+                        diverged_at = step - outcome.step + outcome.diverged_at
+                    break
+        stitched = self._lookup(reconstruction)
+        final = FitOutcome(status, step, time_s, closure_evals, history, diverged_at=diverged_at)
+        final.final_metrics = self.base.final_metrics(stitched) if len(weights) == len(self.groups) else {}
+        if self.run_dir is not None and len(weights) == len(self.groups):
+            record = {"step": step, "time_s": round(time_s, 6), "loss": None, "closure_evals": closure_evals,
+                      **self.base.evaluate(stitched)}  # fmt: skip
+            history.append(record)
+            self.run_dir.append_metrics(record)
+            self.base.save_reconstruction(stitched, self.run_dir.path)
+            model = {key: torch.cat([part[key] for part in weights]) for key in weights[0]}
+            self.run_dir.save_checkpoint({"model": model, "step": step, "time_s": time_s, "closure_evals": closure_evals})
+        if self.run_dir is not None:
+            parameters = sum(v.numel() for part in weights for v in part.values())
+            self.run_dir.write_summary(self._summary(final, parameters))
+        return final
+
+    def _lookup(self, reconstruction: torch.Tensor) -> Predict:
+        def predict(coords: torch.Tensor) -> torch.Tensor:
+            return reconstruction if coords is self.base.coords else reconstruction[self.grid.rows_of(coords)]
+
+        return predict
+
+    def _summary(self, outcome: FitOutcome, parameters: int) -> dict[str, Any]:
+        return {
+            "status": outcome.status, "signal": self.base.kind, "metric": self.base.metric, **outcome.final_metrics,
+            "steps": outcome.step, "time_s": round(outcome.time_s, 6), "closure_evals": outcome.closure_evals,
+            "parameters": parameters, "device": str(self.device), "diverged_at_step": outcome.diverged_at,
+            **self.summary_extra,
+        }  # fmt: skip
+
+
+def field_options(config: Any) -> FieldOptions:
+    """The per-tile field of an nf-fit ``FitConfig``."""
+    omega0 = config.omega0[0] if len(config.omega0) == 1 else tuple(config.omega0)
+    return FieldOptions(
+        hidden=config.hidden, layers=config.layers, activation=config.act, omega0=omega0, sigma=config.sigma,
+        wavelet_omega0=config.wavelet_omega0, wavelet_s0=config.wavelet_s0, pe_frequencies=config.pe_frequencies,
+        init=config.init, optim=config.optim, lr=config.lr, seed=config.seed,
+    )  # fmt: skip
+
+
+def check_config(config: Any) -> None:
+    """--kilo trains full batches per tile: refuse the sampler settings that cannot mean that."""
+    if config.sampler != "full" or config.batch_size:
+        raise ValueError(
+            "--kilo trains every tile on all its points (paper 1: 10k points per tile); drop --batch-size and "
+            "--sampler, or use fewer, larger tiles"
+        )
+    if config.compile:
+        raise ValueError("--compile does not apply to --kilo fields; drop --compile")
+
+
+def kilo_loop(config: Any, signal: Signal, options: LoopOptions, **kwargs: Any) -> KiloLoop:
+    """The ``KiloLoop`` a resolved nf-fit config with ``--kilo`` describes (``kwargs``: run_dir, on_log, ...)."""
+    check_config(config)
+    grid = make_grid(signal, config.kilo)
+    return KiloLoop(signal, grid, field_options(config), options, group=config.kilo_group, **kwargs)
