@@ -261,3 +261,12 @@ def test_nf_fit_kilo_video(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert (out / "reconstruction.mp4").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tiles"] == 8 and summary["tile_shape"] == [2, 6, 8]
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[2] / "configs" / "kilo").glob("*.yaml")))
+def test_kilo_presets_run(tmp_path: Path, tiny_png: Path, preset: Path, capsys: pytest.CaptureFixture) -> None:
+    """Each preset parses and drives a (shortened) fit; video presets get tile counts an image can take."""
+    tiles = "2x2"
+    code, _, err = fit([tiny_png, "--config", preset, "--kilo", tiles, "--steps", "2", "--hidden", "8",
+                        "--out", tmp_path / "run"], capsys)  # fmt: skip
+    assert code == 0, err

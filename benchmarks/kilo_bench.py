@@ -1,0 +1,258 @@
+"""KiloImage / KiloVideo benchmarks (paper 1 §5.2, supp. §4.4-4.5), scaled down to a shared 2-core CPU.
+
+    python -m benchmarks.kilo_bench image|loop|memory|video|all [--threads 1] [--budget-s 90]
+
+- ``image``: KiloImage L-BFGS vs Adam (paper lr 1e-4 and a tuned 1e-3) on scikit-image's astronaut photo, same
+  tiles and per-tile 4x64 sine MLPs, equal time budget each: time and steps to 30 dB, PSNR at equal time.
+- ``loop``: the whole training of all tiles at once (BatchedMLP + BatchedLBFGS) against a Python loop of one
+  CoordinateMLP + LBFGS per tile, same steps, same initial weights: wall time ratio and both PSNRs.
+- ``memory``: peak RSS of grouped streaming (``--kilo-group``) on a synthetic upscaled photo, one subprocess per
+  group size, so each peak is its own.
+- ``video``: KiloVideo L-BFGS vs Adam on tests/data/bikes.mp4 (3x64 sine per tile).
+
+Every comparison runs in one process, alternating nothing but sharing the machine's load at the time; ratios are
+what to read. Results: ``benchmarks/results/kilo_<part>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from skimage import data
+from skimage.transform import resize
+
+from fitters import metrics
+from fitters.image import ImageSignal
+from fitters.kilo import FieldOptions, KiloLoop, KiloSignal, build_field, make_grid
+from fitters.loop import LoopOptions
+from fitters.run_dir import atomic_write_text
+from fitters.video import load as load_video
+from fitters.signal import SignalOptions
+from nf_precond.optim.lbfgs import LBFGS
+
+RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+TARGET_DB = 30.0
+
+
+def astronaut(size: int) -> ImageSignal:
+    pixels = data.astronaut().astype(np.float32) / 255.0
+    if size != pixels.shape[0]:
+        pixels = np.clip(resize(pixels, (size, size, 3), anti_aliasing=size < pixels.shape[0]), 0, 1).astype(np.float32)
+    return ImageSignal(pixels, name=f"astronaut{size}")
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 1)}  # fmt: skip
+
+
+def write(name: str, payload: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(RESULTS / f"{name}.md", markdown)
+    print(markdown)
+
+
+def fit_curve(signal: Any, tiles: str, field: FieldOptions, budget_s: float, log_every: int) -> list[dict[str, Any]]:
+    loop = KiloLoop(signal, make_grid(signal, tiles), field, LoopOptions(steps=10**6, log_every=log_every,
+                                                                         time_budget=budget_s))  # fmt: skip
+    return loop.run().history
+
+
+def race(signal: Any, tiles: str, hidden_layers: tuple[int, int], budget_s: float) -> dict[str, Any]:
+    """L-BFGS vs Adam (two lrs) on the same tiles, each for ``budget_s`` of training time."""
+    hidden, layers = hidden_layers
+    runs = {"lbfgs": ("lbfgs", 1.0, 1), "adam@1e-4": ("adam", 1e-4, 10), "adam@1e-3": ("adam", 1e-3, 10)}
+    curves = {}
+    for name, (optim, lr, log_every) in runs.items():
+        field = FieldOptions(hidden=hidden, layers=layers, optim=optim, lr=lr)
+        curves[name] = fit_curve(signal, tiles, field, budget_s, log_every)
+    rows = {}
+    lbfgs_end = curves["lbfgs"][-1]["time_s"]
+    for name, curve in curves.items():
+        rows[name] = {
+            "time_to_target_s": metrics.first_crossing(curve, "psnr", TARGET_DB, "time_s"),
+            "steps_to_target": metrics.first_crossing(curve, "psnr", TARGET_DB, "step"),
+            "final_psnr": curve[-1]["psnr"], "final_time_s": curve[-1]["time_s"], "steps": curve[-1]["step"],
+            "psnr_at_lbfgs_time_to_target": None,
+        }  # fmt: skip
+    t_lbfgs = rows["lbfgs"]["time_to_target_s"]
+    for name, curve in curves.items():
+        if t_lbfgs is not None:
+            rows[name]["psnr_at_lbfgs_time_to_target"] = metrics.value_at(curve, "psnr", "time_s", t_lbfgs)
+        reached = rows[name]["time_to_target_s"]
+        # Adam not at the target within the budget: the speed-up is at least budget / L-BFGS's time.
+        rows[name]["speedup_of_lbfgs"] = (
+            None if t_lbfgs is None else (reached / t_lbfgs if reached is not None else f"> {curve[-1]['time_s'] / t_lbfgs:.1f}")
+        )
+    return {"rows": rows, "curves": curves, "lbfgs_end_s": lbfgs_end}
+
+
+def race_markdown(title: str, setup: str, result: dict[str, Any]) -> str:
+    lines = [f"# {title}", "", setup, "", f"Machine: {machine()}", "",
+             f"| run | time to {TARGET_DB:.0f} dB | steps to {TARGET_DB:.0f} dB | PSNR at L-BFGS's time to {TARGET_DB:.0f} dB "
+             "| final PSNR (time, steps) | L-BFGS speed-up (time to target) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    fmt = lambda v, spec: "not reached" if v is None else format(v, spec)  # noqa: E731
+    for name, row in result["rows"].items():
+        lines.append(
+            f"| {name} | {fmt(row['time_to_target_s'], '.2f')} s | {fmt(row['steps_to_target'], '.0f')} | "
+            f"{fmt(row['psnr_at_lbfgs_time_to_target'], '.2f')} dB | {row['final_psnr']:.2f} dB ({row['final_time_s']:.1f} s, "
+            f"{row['steps']}) | {row['speedup_of_lbfgs'] if isinstance(row['speedup_of_lbfgs'], str) else fmt(row['speedup_of_lbfgs'], '.1f')}x |"
+        )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def part_image(args: argparse.Namespace) -> None:
+    signal = astronaut(args.size)
+    result = race(signal, args.tiles, (64, 4), args.budget_s)
+    setup = (f"KiloImage: astronaut {args.size}x{args.size} RGB, --kilo {args.tiles} "
+             f"({make_grid(signal, args.tiles).points_per_tile} points per tile), 4x64 sine (ω0 30) per tile, full batch per tile, "
+             f"{args.budget_s:.0f} s training budget per run (evaluation excluded). Paper 1: 100x100-pixel tiles on "
+             "1800x900 to 4000x4000 photos, ~14x (Fig. 6) and 4-6x (supp. Fig. 9-13) time to a PSNR vs Adam. "
+             "Scaled down to fit a shared 2-core CPU.")  # fmt: skip
+    write("kilo_image", {"setup": setup, "machine": machine(), **result}, race_markdown("KiloImage: L-BFGS vs Adam", setup, result))
+
+
+def part_video(args: argparse.Namespace) -> None:
+    signal = load_video(REPO / "tests" / "data" / "bikes.mp4", SignalOptions())
+    tiles = "2x4x8"
+    result = race(signal, tiles, (64, 3), args.budget_s)
+    grid = make_grid(signal, tiles)
+    setup = (f"KiloVideo: tests/data/bikes.mp4 ({signal.frame_shape[0]} frames of {signal.frame_shape[1]}x"
+             f"{signal.frame_shape[2]}), --kilo {tiles} ({grid.points_per_tile} points per tile), 3x64 sine per tile, "
+             f"full batch, {args.budget_s:.0f} s per run. PSNR = mean per-frame PSNR. Paper 1 supp. 4.5: 100 frames of "
+             "700x1200 in 8400 tiles of 10k points, ~4x vs Adam. Scaled down.")  # fmt: skip
+    write("kilo_video", {"setup": setup, "machine": machine(), **result}, race_markdown("KiloVideo: L-BFGS vs Adam", setup, result))
+
+
+def loop_of_tiles(signal: KiloSignal, field: FieldOptions, steps: int) -> tuple[float, torch.Tensor]:
+    """Reference: one CoordinateMLP + LBFGS per tile, trained one after the other; returns (seconds, outputs)."""
+    initial = build_field(field, signal.grid.num_tiles, signal.in_features, signal.out_features)
+    outputs = []
+    seconds = 0.0
+    for index in range(signal.grid.num_tiles):
+        net = initial.net(index)
+        optimizer = LBFGS(net.parameters(), lr=1.0, history_size=20)
+        coords, target = signal.coords[index], signal.targets[index]
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = (net(coords) - target).square().mean()
+            loss.backward()
+            return loss.detach()
+
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer.step(closure)
+        seconds += time.perf_counter() - start
+        with torch.no_grad():
+            outputs.append(net(coords))
+    return seconds, torch.stack(outputs)
+
+
+def part_loop(args: argparse.Namespace) -> None:
+    signal = astronaut(args.size)
+    rows = []
+    for tiles, hidden, layers in (("32x32", 64, 4), ("16x16", 64, 4), ("4x4", 64, 4)):
+        grid = make_grid(signal, tiles)
+        field = FieldOptions(hidden=hidden, layers=layers, optim="lbfgs")
+        kilo = KiloLoop(signal, grid, field, LoopOptions(steps=args.steps, log_every=args.steps))
+        start = time.perf_counter()
+        outcome = kilo.run()
+        batched_s = outcome.time_s
+        wall = time.perf_counter() - start
+        loop_s, outputs = loop_of_tiles(KiloSignal(signal, grid), field, args.steps)
+        loop_psnr = metrics.psnr(grid.stitch(outputs).clamp(0, 1), signal.targets)
+        rows.append({"tiles": tiles, "num_tiles": grid.num_tiles, "points_per_tile": grid.points_per_tile,
+                     "field": f"{layers}x{hidden}", "steps": args.steps, "batched_s": batched_s, "batched_wall_s": wall,
+                     "loop_s": loop_s, "speedup": loop_s / batched_s, "batched_psnr": outcome.final_metrics["psnr"],
+                     "loop_psnr": loop_psnr})  # fmt: skip
+        print(rows[-1], flush=True)
+    lines = [
+        "# Kilo training: all tiles at once vs a Python loop over tiles", "",
+        f"astronaut {args.size}x{args.size} RGB, {args.steps} L-BFGS iterations per tile, same initial weights. "
+        "Batched: one BatchedMLP + BatchedLBFGS (history 20) over all tiles (training time of the fit loop, "
+        "evaluation excluded). Loop: one CoordinateMLP + LBFGS (history 20) per tile, trained one after the other "
+        "(optimizer steps only). Both should end at the same PSNR (same algorithm per tile).", "",
+        f"Machine: {machine()}", "",
+        "| tiles | points/tile | field | batched | loop | speed-up | PSNR batched | PSNR loop |", "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['tiles']} ({r['num_tiles']}) | {r['points_per_tile']} | {r['field']} | {r['batched_s']:.2f} s | "
+                     f"{r['loop_s']:.2f} s | {r['speedup']:.1f}x | {r['batched_psnr']:.2f} dB | {r['loop_psnr']:.2f} dB |")  # fmt: skip
+    write("kilo_loop", {"machine": machine(), "rows": rows}, "\n".join(lines) + "\n")
+
+
+def memory_child(size: int, tiles: str, group: int | None, steps: int) -> dict[str, Any]:
+    """Runs in a subprocess: load (upscale) the photo, fit it in groups, report peak RSS and timing."""
+    signal = astronaut(size)
+    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    grid = make_grid(signal, tiles)
+    loop = KiloLoop(signal, grid, FieldOptions(optim="lbfgs"), LoopOptions(steps=steps, log_every=steps), group=group)
+    start = time.perf_counter()
+    outcome = loop.run()
+    return {"size": size, "tiles": tiles, "group": group or grid.num_tiles, "num_tiles": grid.num_tiles,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "after_load_rss_mib": after_load / 1024,
+            "signal_mib": signal.targets.numel() * 4 / 2**20, "psnr": outcome.final_metrics.get("psnr"),
+            "wall_s": time.perf_counter() - start, "steps_per_group": steps}  # fmt: skip
+
+
+def part_memory(args: argparse.Namespace) -> None:
+    rows = []
+    for group in (4, 16, 64):
+        command = [sys.executable, "-m", "benchmarks.kilo_bench", "memory-child", "--size", str(args.memory_size),
+                   "--tiles", args.memory_tiles, "--group", str(group), "--steps", "2", "--threads", str(args.threads)]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True)
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    tiles = rows[0]["num_tiles"]
+    lines = [
+        "# Kilo grouped streaming: peak memory against group size", "",
+        f"astronaut upscaled to {args.memory_size}x{args.memory_size} RGB (synthetic: bicubic upscaling of the 512² photo), "
+        f"--kilo {args.memory_tiles} ({tiles} tiles), 4x64 sine per tile, L-BFGS (history 20), 2 steps per group "
+        "(memory, not quality, is measured). One subprocess per group size; peak = the process's maximum RSS "
+        "(includes Python, torch, the signal with its coordinates, and the stitched reconstruction).", "",
+        f"Machine: {machine()}", "",
+        "| tiles at once | peak RSS | RSS after loading the signal | signal targets alone | wall |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['group']} of {r['num_tiles']} | {r['peak_rss_mib']:.0f} MiB | {r['after_load_rss_mib']:.0f} MiB | "
+                     f"{r['signal_mib']:.0f} MiB | {r['wall_s']:.0f} s |")  # fmt: skip
+    write("kilo_memory", {"machine": machine(), "rows": rows}, "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["image", "loop", "memory", "video", "all", "memory-child"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--budget-s", type=float, default=90.0, help="training seconds per run (image, video)")
+    parser.add_argument("--size", type=int, default=256, help="photo side for image/loop")
+    parser.add_argument("--tiles", default="4x4", help="--kilo for the image race")
+    parser.add_argument("--steps", type=int, default=10, help="L-BFGS steps (loop; memory-child)")
+    parser.add_argument("--memory-size", type=int, default=2048)
+    parser.add_argument("--memory-tiles", default="16x16")
+    parser.add_argument("--group", type=int, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.part == "memory-child":
+        print(json.dumps(memory_child(args.size, args.tiles, args.group, args.steps)))
+        return
+    parts = {"image": part_image, "loop": part_loop, "memory": part_memory, "video": part_video}
+    for name in parts if args.part == "all" else [args.part]:
+        parts[name](args)
+
+
+if __name__ == "__main__":
+    main()
