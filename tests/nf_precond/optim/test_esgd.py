@@ -249,9 +249,10 @@ def test_same_seed_same_trajectory_and_seed_matters():
 # Newton-like scale, lr ~1-2), p = ¼ by its square root (lr ~0.1).
 
 CONFIGS = [
-    pytest.param(ESGD, {"preconditioner_power": 0.25, "lr": 0.1}, id="esgd-eq6"),
-    pytest.param(ESGD, {"preconditioner_power": 0.5, "lr": 2.0}, id="esgd-released"),
+    pytest.param(ESGD, {"preconditioner_power": 0.25, "lr": 0.1, "bias_correction": "steps"}, id="esgd-eq6-t"),
+    pytest.param(ESGD, {"preconditioner_power": 0.25, "lr": 0.1, "bias_correction": "updates"}, id="esgd-eq6-k"),
     pytest.param(ESGD, {"preconditioner_power": 0.5, "lr": 2.0, "bias_correction": "steps"}, id="esgd-released-t"),
+    pytest.param(ESGD, {"preconditioner_power": 0.5, "lr": 2.0, "bias_correction": "updates"}, id="esgd-released-k"),
     pytest.param(ESGDMax, {"preconditioner_power": 0.25, "lr": 0.3}, id="esgd-max-eq6"),
     pytest.param(ESGDMax, {"preconditioner_power": 0.5, "lr": 2.0}, id="esgd-max-released"),
 ]
