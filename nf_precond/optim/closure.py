@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -25,7 +26,11 @@ def make_closure(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], to
         optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = compute_loss()
-            loss.sum().backward(create_graph=needs_graph(optimizer))
+            with warnings.catch_warnings():
+                # torch warns that create_graph=True ties each parameter to its .grad in a cycle; our curvature
+                # optimizers detach the gradients after their HVP and zero_grad(set_to_none) drops them.
+                warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+                loss.sum().backward(create_graph=needs_graph(optimizer))
         return loss.detach()
 
     return closure
