@@ -41,6 +41,8 @@ from nf_precond.sampling import FullBatch, INTSampler, RandomBatches, Sampler
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 PREVIEW_INTERVAL_S = 0.5
 """At most two viewer previews per second: rendering the whole field is an evaluation pass."""
+PREVIEW_COST_FACTOR = 20.0
+"""After a preview that took d seconds, wait at least this many times d: previews cost at most ~5 % of wall time."""
 
 
 def build_components(config: FitConfig, signal: Signal) -> tuple[torch.nn.Module, torch.optim.Optimizer, Sampler]:
@@ -118,13 +120,15 @@ def viewer_callback(config: FitConfig, signal: Signal) -> tuple[Any, LogCallback
     except OSError as error:  # port taken: the viewer's message names --viewer-port
         raise ValueError(str(error)) from error
     print(f"nf-fit: viewer at {viewer.url}", file=sys.stderr)
-    last_preview = [-float("inf")]
+    next_preview = [-float("inf")]
 
     def on_log(record: dict[str, Any], preview: Any) -> None:
         image = None
-        if time.monotonic() - last_preview[0] >= PREVIEW_INTERVAL_S:
+        if time.monotonic() >= next_preview[0]:
+            started = time.monotonic()
             image = preview()
-            last_preview[0] = time.monotonic()
+            finished = time.monotonic()
+            next_preview[0] = finished + max(PREVIEW_INTERVAL_S, PREVIEW_COST_FACTOR * (finished - started))
         metric = record.get(signal.metric)
         viewer.update(record["step"], record["time_s"], signal.metric, float("nan") if metric is None else metric, image)
 
