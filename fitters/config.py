@@ -88,7 +88,7 @@ class FitConfig:
     lbfgs_on_reselect: Literal["reset", "keep"] = "keep"
     """lbfgs only, when the training samples change (INT reselection, random batches): keep = keep the curvature
     history (the next iteration re-evaluates its start on the new samples); reset = forget it. keep measured better
-    with INT (benchmarks/results/int_optimizers.md: 37.4 vs 29.2 dB after 150 steps, same time)."""
+    with INT (benchmarks/results/int_optimizers.md: 33.5 vs 27.0 dB after 150 steps in about the same time)."""
     kilo: str | None = None
     """Fit in tiles, one tiny MLP per tile, all trained at once (paper 1 KiloImage/KiloVideo): tile counts per axis,
     ROWSxCOLUMNS for images (e.g. 16x16), FRAMESxROWSxCOLUMNS for video (e.g. 4x8x8); full batch per tile;
