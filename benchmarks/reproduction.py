@@ -156,6 +156,7 @@ READERS: tuple[tuple[str, Callable[[Results, str], Results]], ...] = (
     ("viewer_overhead", shallow("setup", "summary")),
     ("lbfgs_vs_torch", shallow("meta", "rows")),
     ("esgd_variants", shallow("config", "results")),
+    ("optimizer_cost", shallow("setup", "rows")),
 )
 
 
