@@ -20,13 +20,14 @@ import functools
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Tuple, Type
+from typing import Any, Callable, Dict, Literal, Tuple, Type
 
 import numpy as np
 import torch
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
+from nerfstudio_plugin.dataparsers import DatasetLayoutError
 from nf_precond.optim import make_closure
 
 
@@ -88,6 +89,14 @@ class ClosureTrainer(Trainer):
         # Seeds for the closure's random draws come from a private generator, so the global stream (batches,
         # Rademacher vectors) is the same as without the replay.
         self._seed_generator = torch.Generator().manual_seed(config.machine.seed)
+
+    def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        """nerfstudio's setup; a dataset folder that cannot be used ends ns-train with its one-line message, before
+        any training and without a traceback."""
+        try:
+            super().setup(test_mode)
+        except DatasetLayoutError as error:
+            raise SystemExit(f"error: {error}") from None
 
     def _new_closure(self, step: int, optimizer: torch.optim.Optimizer) -> Callable[[], torch.Tensor]:
         """Fetch a ray batch and return the closure that evaluates the model on it."""
