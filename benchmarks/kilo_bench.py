@@ -211,7 +211,7 @@ def memory_child(size: int, tiles: str, group: int | None, steps: int) -> dict[s
 
 def part_memory(args: argparse.Namespace) -> None:
     rows = []
-    for group in (4, 16, 64):
+    for group in args.memory_groups:
         command = [sys.executable, "-m", "benchmarks.kilo_bench", "memory-child", "--size", str(args.memory_size),
                    "--tiles", args.memory_tiles, "--group", str(group), "--steps", "2", "--threads", str(args.threads)]  # fmt: skip
         # Large blocks through mmap: freed groups go back to the OS. With glibc's default heap the same runs peaked at
@@ -235,7 +235,7 @@ def part_memory(args: argparse.Namespace) -> None:
     for r in rows:
         lines.append(f"| {r['group']} of {r['num_tiles']} | {r['peak_rss_mib']:.0f} MiB | {r['after_load_rss_mib']:.0f} MiB | "
                      f"{r['signal_mib']:.0f} MiB | {r['wall_s']:.0f} s |")  # fmt: skip
-    write("kilo_memory", {"machine": machine(), "rows": rows}, "\n".join(lines) + "\n")
+    write(args.memory_name, {"machine": machine(), "rows": rows}, "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="L-BFGS steps (loop; memory-child)")
     parser.add_argument("--memory-size", type=int, default=2048)
     parser.add_argument("--memory-tiles", default="16x16")
+    parser.add_argument("--memory-groups", type=int, nargs="+", default=[4, 16, 64], help="tiles at once, one run each")
+    parser.add_argument("--memory-name", default="kilo_memory", help="results file name for the memory part")
     parser.add_argument("--group", type=int, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
