@@ -19,13 +19,7 @@ from nf_precond.optim import NonFiniteLossError, build_optimizer
 from nf_precond.sampling import FullBatch, RandomBatches, Sampler
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU two threads stall each other (~30x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_signal() -> ImageSignal:
