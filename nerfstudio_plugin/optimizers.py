@@ -7,7 +7,7 @@ clipping between backward and `step` has no place in a closure-driven step (see 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Tuple, Type
 
 import torch
@@ -28,16 +28,16 @@ def _require_no_clipping(config: OptimizerConfig) -> None:
 
 
 @dataclass
-class ESGDOptimizerConfig(OptimizerConfig):
-    """ESGD (nf_precond.optim.esgd.ESGD): equilibrated SGD with momentum; defaults are paper 2's NeRF start lr of 1."""
+class _ESGDFamilyConfig(OptimizerConfig):
+    """The fields ESGD and ESGD-max share; `setup` passes every field but `_target` and `max_norm` to the class."""
 
-    _target: Type = field(default_factory=lambda: ESGD)
     lr: float = 1.0
-    """Learning rate (paper 2's NeRF: 1, decayed exponentially to 0.01 by the scheduler)."""
+    """Learning rate (paper 2 starts at 1; the method's scheduler decays it, see each method)."""
     eps: float = 1e-4
     """Added to the preconditioner."""
     betas: Tuple[float, float] = (0.9, 0.999)
-    """Momentum and curvature EMA coefficients."""
+    """Momentum coefficient, then the curvature one (ESGD: EMA of the estimates; ESGD-max: per-estimate decay of the
+    running maximum)."""
     weight_decay: float = 0.0
     """Decoupled weight decay."""
     warmup: int = 50
@@ -46,42 +46,28 @@ class ESGDOptimizerConfig(OptimizerConfig):
     """After warm-up, estimate curvature once every this many steps."""
     preconditioner_power: float = 0.25
     """0.25: paper 2's Eq. 6 (step m/sqrt(D^E)); 0.5: the released code (step m/D^E)."""
-    bias_correction: str = "updates"
-    """"updates" or "steps" (see ESGD)."""
 
     def setup(self, params: Any) -> torch.optim.Optimizer:
         _require_no_clipping(self)
-        return self._target(params, lr=self.lr, betas=tuple(self.betas), eps=self.eps,
-                            weight_decay=self.weight_decay, warmup=self.warmup, update_every=self.update_every,
-                            preconditioner_power=self.preconditioner_power,
-                            bias_correction=self.bias_correction)  # fmt: skip
+        options = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("_target", "max_norm")}
+        return self._target(params, **{**options, "betas": tuple(self.betas)})
 
 
 @dataclass
-class ESGDMaxOptimizerConfig(OptimizerConfig):
-    """ESGD-max (nf_precond.optim.esgd_max.ESGDMax): ESGD with a decayed running maximum of |Hv| (paper 2, Blender)."""
+class ESGDOptimizerConfig(_ESGDFamilyConfig):
+    """ESGD (nf_precond.optim.esgd.ESGD): equilibrated SGD with momentum; lr 1 decayed to 0.01 (paper 2's NeRF)."""
+
+    _target: Type = field(default_factory=lambda: ESGD)
+    bias_correction: str = "updates"
+    """"updates" or "steps" (see ESGD)."""
+
+
+@dataclass
+class ESGDMaxOptimizerConfig(_ESGDFamilyConfig):
+    """ESGD-max (nf_precond.optim.esgd_max.ESGDMax): ESGD with a decayed running maximum of |Hv|; lr 1 decayed to 0.1
+    (paper 2, Blender)."""
 
     _target: Type = field(default_factory=lambda: ESGDMax)
-    lr: float = 1.0
-    """Learning rate (paper 2's Blender runs: 1, decayed exponentially to 0.1 by the scheduler)."""
-    eps: float = 1e-4
-    """Added to the preconditioner."""
-    betas: Tuple[float, float] = (0.9, 0.999)
-    """Momentum coefficient and the per-estimate decay of the running maximum."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay."""
-    warmup: int = 50
-    """Steps at the start that all estimate curvature."""
-    update_every: int = 100
-    """After warm-up, estimate curvature once every this many steps."""
-    preconditioner_power: float = 0.25
-    """As for ESGD."""
-
-    def setup(self, params: Any) -> torch.optim.Optimizer:
-        _require_no_clipping(self)
-        return self._target(params, lr=self.lr, betas=tuple(self.betas), eps=self.eps,
-                            weight_decay=self.weight_decay, warmup=self.warmup, update_every=self.update_every,
-                            preconditioner_power=self.preconditioner_power)  # fmt: skip
 
 
 @dataclass
