@@ -2,7 +2,8 @@
 
 Bad input ends with one ``nf-fit: error: ...`` line on stderr and a non-zero exit status, never a traceback:
 2 = unusable input or flags, 3 = the loss diverged (the last good checkpoint is kept), 130 = interrupted (Ctrl-C;
-checkpoint and summary are written, ``--resume`` continues).
+checkpoint and summary are written, ``--resume`` continues). Runs streamed with ``--kilo-group`` write their checkpoint
+only once every group is done, so a diverged or interrupted one keeps none and cannot be resumed.
 """
 
 from __future__ import annotations
@@ -184,17 +185,32 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
 
 
 def explain(outcome: FitOutcome, config: FitConfig, run_dir: RunDir) -> tuple[int, str | None]:
-    """Exit status and the one stderr line for runs that did not end normally."""
+    """Exit status and the one stderr line for runs that did not end normally.
+
+    Whether a checkpoint is on disk decides what to advise: a fresh run removes the previous one, every plain run
+    writes one, and a run streamed with --kilo-group writes one only after its last group."""
+    kept_checkpoint = run_dir.checkpoint_path.is_file()
     if outcome.status == "diverged":
         lr = config.lr if config.lr is not None else OPTIMIZERS[config.optim].defaults.get("lr")
-        return EXIT_DIVERGED, (
+        advice = (
             f"loss became NaN/inf at step {outcome.diverged_at} with --optim {config.optim} --lr {lr:g}; "
-            f"lower --lr (e.g. --lr {lr / 10:g}). Kept the last good checkpoint (step {outcome.step}) in {run_dir.path}"
+            f"lower --lr (e.g. --lr {lr / 10:g})."
+        )
+        if kept_checkpoint:
+            return EXIT_DIVERGED, f"{advice} Kept the last good checkpoint (step {outcome.step}) in {run_dir.path}"
+        return EXIT_DIVERGED, (
+            f"{advice} --kilo-group runs keep no checkpoint before their last group: metrics and summary are in "
+            f"{run_dir.path}; rerun with --overwrite"
         )
     if outcome.status == "interrupted":
+        if kept_checkpoint:
+            return EXIT_INTERRUPTED, (
+                f"interrupted at step {outcome.step}; checkpoint and summary written to {run_dir.path}; "
+                f"continue with: nf-fit {config.path} --out {run_dir.path} --resume"
+            )
         return EXIT_INTERRUPTED, (
-            f"interrupted at step {outcome.step}; checkpoint and summary written to {run_dir.path}; "
-            f"continue with: nf-fit {config.path} --out {run_dir.path} --resume"
+            f"interrupted at step {outcome.step}; metrics and summary written to {run_dir.path}; --kilo-group runs "
+            "keep no checkpoint before their last group, so they cannot --resume: rerun with --overwrite"
         )
     return 0, None
 
@@ -208,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nf-fit: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("nf-fit: interrupted; the run folder keeps its last checkpoint (continue with --resume)", file=sys.stderr)
+        print("nf-fit: interrupted; if the run folder has a checkpoint.pt, --resume continues from it", file=sys.stderr)
         return EXIT_INTERRUPTED
     code, message = explain(outcome, config, run_dir)
     if message is not None:

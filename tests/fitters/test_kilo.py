@@ -13,10 +13,11 @@ import torch
 from skimage import data
 
 from fitters import kilo
-from fitters.cli import main
+from fitters.cli import EXIT_INTERRUPTED, explain, main
+from fitters.config import FitConfig
 from fitters.image import ImageSignal, pixel_grid
 from fitters.kilo import KiloLoop, KiloSignal, TileGrid, make_grid, parse_tiles, select_nets, tiled_predict
-from fitters.loop import LoopOptions
+from fitters.loop import FitOutcome, LoopOptions
 from fitters.media import grid_coordinates
 from fitters.run_dir import RunDir
 from fitters.video import VideoSignal
@@ -24,13 +25,7 @@ from nf_precond.nn import BatchedMLP
 from nf_precond.optim.lbfgs import LBFGS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny fits gain nothing from threads, and on a busy shared CPU two threads stall each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def photo(height: int, width: int, channels: int = 3) -> np.ndarray:
@@ -208,6 +203,20 @@ def test_nf_fit_kilo_resumes_a_single_group_run(tmp_path: Path, tiny_png: Path, 
     code, _, err = fit([tiny_png, "--out", out, "--resume", "--steps", "6"], capsys)
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["steps"] == 6
+
+
+def test_grouped_runs_are_not_told_to_resume(tmp_path: Path, tiny_png: Path, capsys: pytest.CaptureFixture) -> None:
+    """A --kilo-group run writes its checkpoint only after the last group: a diverged or interrupted one has none."""
+    out = tmp_path / "run"
+    code, _, err = fit([tiny_png, "--kilo", "2x2", "--kilo-group", "2", "--optim", "sgd", "--lr", "1e12", "--steps", "20",
+                        "--log-every", "1", "--hidden", "8", "--layers", "2", "--out", out], capsys)  # fmt: skip
+    assert code == 3
+    assert_one_clean_line(err, "NaN/inf", "lower --lr", "no checkpoint", "--overwrite")
+    assert "Kept the last good checkpoint" not in err
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+    assert not (out / "checkpoint.pt").exists()
+    code, message = explain(FitOutcome("interrupted", 7, 0.1, 7), FitConfig(path=tiny_png, out=out), RunDir(out))
+    assert code == EXIT_INTERRUPTED and "continue with" not in message and "cannot --resume" in message
 
 
 @pytest.mark.parametrize(
