@@ -109,6 +109,8 @@ class INTSampler(Sampler):
         self._reselected = False
         self._changed = False
         self._select_s = 0.0
+        self._reselections = 0  # running totals over the run (kept across --resume)
+        self._select_total_s = 0.0
 
     @classmethod
     def from_options(
@@ -150,15 +152,20 @@ class INTSampler(Sampler):
             torch.cuda.synchronize(self.device)  # time the kernels, not just their launch
         self._selected_at = step
         self._select_s = time.perf_counter() - started
+        self._reselections += 1
+        self._select_total_s += self._select_s
 
     def stats(self) -> dict[str, float | int | bool]:
         """``int_ratio``: fraction of samples in the subset in use; ``int_reselected``: this step re-ranked;
-        ``int_select_s``: seconds this step spent selecting, the error pass included (0 when reusing)."""
+        ``int_select_s``: seconds this step spent selecting, the error pass included (0 when reusing);
+        ``int_reselections`` and ``int_select_total_s``: reselections and their seconds so far in the run."""
         in_use = self.num_samples if self._indices is None else self._indices.numel()
         return {
             "int_ratio": in_use / self.num_samples,
             "int_reselected": self._reselected,
             "int_select_s": self._select_s,
+            "int_reselections": self._reselections,
+            "int_select_total_s": self._select_total_s,
         }
 
     @property
@@ -170,6 +177,8 @@ class INTSampler(Sampler):
             "num_samples": self.num_samples,
             "indices": None if self._indices is None else self._indices.cpu(),
             "selected_at": self._selected_at,
+            "reselections": self._reselections,
+            "select_total_s": self._select_total_s,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -181,6 +190,7 @@ class INTSampler(Sampler):
         indices = state["indices"]
         self._indices = None if indices is None else indices.to(self.device)
         self._selected_at = state["selected_at"]
+        self._reselections, self._select_total_s = state["reselections"], state["select_total_s"]
         self._reselected = self._changed = False
         self._select_s = 0.0
 

@@ -95,6 +95,7 @@ def test_selection_is_reused_between_reselections():
     errors = CountingErrors(torch.randn(num_samples))
     sampler = INTSampler(num_samples, 20, ConstantRatio(0.2), FixedInterval(every), "cpu")
     previous = None
+    reselections, select_total_s = 0, 0.0
     for step in range(10):
         errors.values = torch.randn(num_samples)  # the field moves every step
         calls_before = errors.calls
@@ -104,6 +105,10 @@ def test_selection_is_reused_between_reselections():
         assert errors.calls == calls_before + reselected
         assert stats["int_reselected"] is reselected
         assert stats["int_ratio"] == indices.numel() / num_samples
+        reselections += reselected
+        select_total_s += stats["int_select_s"]
+        assert stats["int_reselections"] == reselections
+        assert stats["int_select_total_s"] == pytest.approx(select_total_s)
         if reselected:
             assert stats["int_select_s"] > 0
             torch.testing.assert_close(
@@ -262,7 +267,10 @@ def test_state_dict_round_trip_resumes_the_same_selections():
     buffer.seek(0)
     resumed = INTSampler(num_samples, total_steps, *schedules, "cpu")
     resumed.load_state_dict(torch.load(buffer))
+    totals = ("int_reselections", "int_select_total_s")
+    assert [resumed.stats()[key] for key in totals] == [first_half.stats()[key] for key in totals]
     picked, asked = run_steps(resumed, range(25, total_steps), error_values)
+    assert resumed.stats()["int_reselections"] == uninterrupted.stats()["int_reselections"]
 
     assert asked == [s for s in expected_asked if s >= 25]
     assert len(asked) < total_steps - 25  # the schedule really reused selections across the resume point
