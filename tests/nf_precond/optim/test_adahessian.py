@@ -14,18 +14,6 @@ BETAS = (0.9, 0.999)
 EPS = 1e-4
 
 
-def _spd_quadratic(n: int = 6):
-    """0.5 (x − x*)ᵀ A (x − x*) with A SPD, eigenvalues 0.1..10, a dense (non-diagonal) A and a known minimiser."""
-    generator = torch.Generator().manual_seed(3)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
-    a = q @ torch.diag(torch.logspace(-1, 1, n, dtype=torch.float64)) @ q.T
-    minimiser = torch.randn(n, generator=generator, dtype=torch.float64)
-    x = torch.zeros(n, dtype=torch.float64, requires_grad=True)
-    return a, minimiser, x, lambda: 0.5 * (x - minimiser) @ a @ (x - minimiser)
-
-
-def _rosenbrock(x: torch.Tensor) -> torch.Tensor:
-    return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
 
 
 @pytest.mark.parametrize("variant", ["jacobi", "equilibration"])
@@ -43,10 +31,10 @@ def test_first_step_on_a_diagonal_hessian_matches_hand_computation(variant, powe
 
 
 @pytest.mark.parametrize("variant", ["jacobi", "equilibration"])
-def test_preconditioner_converges_to_abs_diagonal_or_row_norms_of_a_dense_hessian(variant):
+def test_preconditioner_converges_to_abs_diagonal_or_row_norms_of_a_dense_hessian(variant, spd_quadratic):
     """On a quadratic H = A is constant: after K estimates the bias-corrected EMA is a β2-weighted mean of K
     Rademacher samples, so D → |diag A| (Jacobi) or the row norms of A (equilibration)."""
-    a, _, x, loss = _spd_quadratic()
+    a, _, x, loss = spd_quadratic()
     steps, beta2 = 1500, BETAS[1]
     optimizer = AdaHessian([x], lr=1e-3, variant=variant, hessian_power=1.0)
     closure = make_closure(optimizer, loss)
@@ -134,8 +122,8 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS)
-def test_converges_on_a_convex_quadratic_to_its_known_minimiser(kwargs):
-    _, minimiser, x, loss = _spd_quadratic()
+def test_converges_on_a_convex_quadratic_to_its_known_minimiser(kwargs, spd_quadratic):
+    _, minimiser, x, loss = spd_quadratic()
     optimizer = AdaHessian([x], **kwargs)
     closure = make_closure(optimizer, loss)
     for _ in range(1500):
@@ -145,10 +133,10 @@ def test_converges_on_a_convex_quadratic_to_its_known_minimiser(kwargs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kwargs", CONFIGS)
-def test_reaches_the_rosenbrock_minimum_from_the_classic_start(kwargs):
+def test_reaches_the_rosenbrock_minimum_from_the_classic_start(kwargs, rosenbrock):
     x = torch.tensor([-1.5, 2.0], requires_grad=True)
     optimizer = AdaHessian([x], **kwargs)
-    closure = make_closure(optimizer, lambda: _rosenbrock(x))
+    closure = make_closure(optimizer, lambda: rosenbrock(x))
     for _ in range(3000):
         optimizer.step(closure)
     assert (x.detach() - 1.0).norm() < 0.05, x.detach()

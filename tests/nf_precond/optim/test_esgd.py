@@ -34,18 +34,6 @@ def _diagonal_quadratic():
     return h, x, lambda: 0.5 * (h * x**2).sum()
 
 
-def _spd_quadratic(n: int = 6):
-    """0.5 (x − x*)ᵀ A (x − x*) with A SPD, eigenvalues 0.1..10 (condition number 100), minimiser x* known."""
-    generator = torch.Generator().manual_seed(3)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
-    a = q @ torch.diag(torch.logspace(-1, 1, n, dtype=torch.float64)) @ q.T
-    minimiser = torch.randn(n, generator=generator, dtype=torch.float64)
-    x = torch.zeros(n, dtype=torch.float64, requires_grad=True)
-    return a, minimiser, x, lambda: 0.5 * (x - minimiser) @ a @ (x - minimiser)
-
-
-def _rosenbrock(x: torch.Tensor) -> torch.Tensor:
-    return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,10 +183,10 @@ def test_esgd_max_decays_when_curvature_shrinks():
         torch.testing.assert_close(optimizer.state[x]["max_abs_hv"], torch.full((2,), expected, dtype=torch.float64))
 
 
-def test_esgd_curvature_average_converges_to_row_norms_of_a_dense_hessian():
+def test_esgd_curvature_average_converges_to_row_norms_of_a_dense_hessian(spd_quadratic):
     """On a quadratic, H is constant: after K curvature steps, d̂ is a β2-weighted mean of K samples of (Hv)², whose
     expectation is the squared row norm of A (so D^E = sqrt(d̂) → ‖A_i,·‖)."""
-    a, _, x, loss = _spd_quadratic()
+    a, _, x, loss = spd_quadratic()
     steps, beta2 = 1500, BETAS[1]
     optimizer = ESGD([x], lr=1e-3, warmup=steps, preconditioner_power=0.5)
     closure = make_closure(optimizer, loss)
@@ -215,7 +203,7 @@ def test_esgd_curvature_average_converges_to_row_norms_of_a_dense_hessian():
                                estimate.sqrt())  # fmt: skip
 
 
-def test_esgd_every_step_equals_adahessian_equilibration_power_one():
+def test_esgd_every_step_equals_adahessian_equilibration_power_one(rosenbrock):
     """Two implementations of one update: ESGD with p = ½ estimating curvature every step is AdaHessian(E)."""
     trajectories = []
     for make in (
@@ -225,15 +213,15 @@ def test_esgd_every_step_equals_adahessian_equilibration_power_one():
         torch.manual_seed(7)
         x = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
         optimizer = make(x)
-        closure = make_closure(optimizer, lambda: _rosenbrock(x))
+        closure = make_closure(optimizer, lambda: rosenbrock(x))
         trajectories.append(torch.stack([optimizer.step(closure) for _ in range(30)]))
     torch.testing.assert_close(trajectories[0], trajectories[1])
 
 
-def test_same_seed_same_trajectory_and_seed_matters():
+def test_same_seed_same_trajectory_and_seed_matters(spd_quadratic):
     def run(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
-        _, _, x, loss = _spd_quadratic()
+        _, _, x, loss = spd_quadratic()
         optimizer = ESGD([x], lr=0.05, warmup=5, update_every=2)
         closure = make_closure(optimizer, loss)
         for _ in range(12):
@@ -259,8 +247,8 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize(("cls", "kwargs"), CONFIGS)
-def test_converges_on_a_convex_quadratic_to_its_known_minimiser(cls, kwargs):
-    _, minimiser, x, loss = _spd_quadratic()
+def test_converges_on_a_convex_quadratic_to_its_known_minimiser(cls, kwargs, spd_quadratic):
+    _, minimiser, x, loss = spd_quadratic()
     optimizer = cls([x], warmup=20, update_every=50, **kwargs)
     closure = make_closure(optimizer, loss)
     for _ in range(1500):
@@ -270,10 +258,10 @@ def test_converges_on_a_convex_quadratic_to_its_known_minimiser(cls, kwargs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("cls", "kwargs"), [c for c in CONFIGS if c.id != "esgd-max-released"])
-def test_reaches_the_rosenbrock_minimum_from_the_classic_start(cls, kwargs):
+def test_reaches_the_rosenbrock_minimum_from_the_classic_start(cls, kwargs, rosenbrock):
     x = torch.tensor([-1.5, 2.0], requires_grad=True)
     optimizer = cls([x], **kwargs)  # paper schedule: warm-up 50, then every 100
-    closure = make_closure(optimizer, lambda: _rosenbrock(x))
+    closure = make_closure(optimizer, lambda: rosenbrock(x))
     for _ in range(4000):
         optimizer.step(closure)
     assert (x.detach() - 1.0).norm() < 0.05, x.detach()
