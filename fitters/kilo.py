@@ -430,9 +430,7 @@ class KiloLoop:
                     break
         stitched = self._lookup(reconstruction)
         final = FitOutcome(status, step, time_s, closure_evals, history, diverged_at=diverged_at)
-        # Grouped runs are for huge signals: the headline metric only (torchmetrics' SSIM needs ~1.5 kB per pixel,
-        # 3 GB at 2048², ~48 GB at 8192²).
-        final.final_metrics = self.base.evaluate(stitched) if len(weights) == len(self.groups) else {}
+        final.final_metrics = self.base.final_metrics(stitched) if len(weights) == len(self.groups) else {}
         if self.run_dir is not None and len(weights) == len(self.groups):
             record = {"step": step, "time_s": round(time_s, 6), "loss": None, "closure_evals": closure_evals,
                       **final.final_metrics}  # fmt: skip
