@@ -1,5 +1,5 @@
 """Kilo tiling: split/stitch against array slicing, seams against each tile's own net, batched L-BFGS against a
-per-tile loop, grouped streaming against all-at-once, nf-fit --kilo run directory and bad input."""
+per-tile loop, grouped streaming against all-at-once (``nf-fit --kilo`` itself is tested in test_cli.py)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,14 @@ import torch
 from skimage import data
 
 from fitters import kilo
-from fitters.cli import EXIT_INTERRUPTED, explain, main
-from fitters.config import FitConfig
 from fitters.image import ImageSignal, pixel_grid
-from fitters.kilo import KiloLoop, KiloSignal, TileGrid, make_grid, parse_tiles, select_nets, tiled_predict
-from fitters.loop import FitOutcome, LoopOptions
+from fitters.kilo import KiloLoop, KiloSignal, TileGrid, make_grid, select_nets, tiled_predict
+from fitters.loop import LoopOptions
 from fitters.media import grid_coordinates
 from fitters.run_dir import RunDir
 from fitters.video import VideoSignal
 from nf_precond.nn import BatchedMLP
 from nf_precond.optim.lbfgs import LBFGS
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,126 +154,3 @@ def test_select_nets_copies_the_chosen_nets() -> None:
 
 
 # -- nf-fit --kilo ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("kilo") / "tiny.png"
-    iio.imwrite(path, data.astronaut()[100:132:2, 200:232:2])  # 16x16 RGB
-    return path
-
-
-def fit(args: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_clean_line(err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-@pytest.mark.parametrize("group", [None, 3])
-def test_nf_fit_kilo_writes_the_run_directory(tmp_path: Path, tiny_png: Path, group: int | None,
-                                              capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    out = tmp_path / "run"
-    extra = [] if group is None else ["--kilo-group", group]
-    code, stdout, err = fit([tiny_png, "--kilo", "2x2", "--optim", "lbfgs", "--steps", "6", "--hidden", "8",
-                             "--layers", "2", "--out", out, *extra], capsys)  # fmt: skip
-    assert code == 0, err
-    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.jsonl", "summary.json", "reconstruction.png", "checkpoint.pt"}
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["tiles"] == 4 and summary["kilo"] == "2x2" and summary["steps"] == (6 if group is None else 12)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {"step", "time_s", "loss", "closure_evals", "psnr"} <= set(records[-1])
-    assert summary["psnr"] == pytest.approx(records[-1]["psnr"], rel=1e-5)
-    assert records[-1]["psnr"] > records[0]["psnr"] + 3  # L-BFGS on 8x8 tiles learns within six steps
-    assert iio.imread(out / "reconstruction.png").shape == (16, 16, 3)
-
-
-def test_nf_fit_kilo_resumes_a_single_group_run(tmp_path: Path, tiny_png: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "run"
-    common = [tiny_png, "--kilo", "2x2", "--optim", "lbfgs", "--hidden", "8", "--layers", "2", "--out", out]
-    assert fit([*common, "--steps", "3"], capsys)[0] == 0
-    code, _, err = fit([tiny_png, "--out", out, "--resume", "--steps", "6"], capsys)
-    assert code == 0, err
-    assert json.loads((out / "summary.json").read_text())["steps"] == 6
-
-
-def test_grouped_runs_are_not_told_to_resume(tmp_path: Path, tiny_png: Path, capsys: pytest.CaptureFixture) -> None:
-    """A --kilo-group run writes its checkpoint only after the last group: a diverged or interrupted one has none."""
-    out = tmp_path / "run"
-    code, _, err = fit([tiny_png, "--kilo", "2x2", "--kilo-group", "2", "--optim", "sgd", "--lr", "1e12", "--steps", "20",
-                        "--log-every", "1", "--hidden", "8", "--layers", "2", "--out", out], capsys)  # fmt: skip
-    assert code == 3
-    assert_one_clean_line(err, "NaN/inf", "lower --lr", "no checkpoint", "--overwrite")
-    assert "Kept the last good checkpoint" not in err
-    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
-    assert not (out / "checkpoint.pt").exists()
-    code, message = explain(FitOutcome("interrupted", 7, 0.1, 7), FitConfig(path=tiny_png, out=out), RunDir(out))
-    assert code == EXIT_INTERRUPTED and "continue with" not in message and "cannot --resume" in message
-
-
-@pytest.mark.parametrize(
-    "args, needles",
-    [
-        (["--kilo", "2x"], ["--kilo '2x'", "ROWSxCOLUMNS"]),
-        (["--kilo", "0x2"], ["every tile count must be >= 1"]),
-        (["--kilo", "two"], ["expected tile counts"]),
-        (["--kilo", "2x2x2"], ["needs 2 tile counts"]),
-        (["--kilo", "12x2"], ["only padding", "at most 8"]),
-        (["--kilo", "17x1"], ["only padding"]),
-        (["--kilo", "2x2", "--optim", "shampoo"], ["--kilo works with --optim lbfgs"]),
-        (["--kilo", "2x2", "--batch-size", "32"], ["drop --batch-size"]),
-        (["--kilo", "2x2", "--kilo-group", "0"], ["--kilo-group must be >= 1"]),
-        (["--kilo-group", "4"], ["applies only to --kilo"]),
-    ],
-)
-def test_bad_kilo_input_is_one_clear_line(tmp_path: Path, tiny_png: Path, args: list, needles: list,
-                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    out = tmp_path / "run"
-    code, _, err = fit([tiny_png, "--steps", "2", "--out", out, *args], capsys)
-    assert code == 2
-    assert_one_clean_line(err, *needles)
-    assert not out.exists()
-
-
-def test_kilo_refuses_signals_without_a_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    wav = Path(__file__).resolve().parents[1] / "data" / "front_center.wav"
-    code, _, err = fit([wav, "--kilo", "4x4", "--signal.max-seconds", "0.01", "--out", tmp_path / "run"], capsys)
-    assert code == 2
-    assert_one_clean_line(err, "--kilo tiles images and videos")
-
-
-def test_too_large_full_batch_advises_kilo_or_batch_size(tmp_path: Path, tiny_png: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    monkeypatch.setattr(kilo, "memory_available", lambda device: 1000)  # pretend a machine with 1 kB
-    code, _, err = fit([tiny_png, "--optim", "lbfgs", "--steps", "2", "--out", tmp_path / "run"], capsys)
-    assert code == 2
-    assert_one_clean_line(err, "--kilo", "--batch-size")
-    code, _, err = fit([tiny_png, "--kilo", "2x2", "--optim", "lbfgs", "--steps", "2", "--out", tmp_path / "run"], capsys)
-    assert code == 2
-    assert_one_clean_line(err, "smaller --kilo-group")
-
-
-def test_nf_fit_kilo_video(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    clip = Path(__file__).resolve().parents[1] / "data" / "bikes.mp4"
-    out = tmp_path / "run"
-    code, _, err = fit([clip, "--signal.frames", "0", "4", "--signal.resize", "12", "16", "--kilo", "2x2x2",
-                        "--layers", "3", "--hidden", "8", "--optim", "lbfgs", "--steps", "4", "--out", out], capsys)  # fmt: skip
-    assert code == 0, err
-    assert (out / "reconstruction.mp4").is_file()
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["tiles"] == 8 and summary["tile_shape"] == [2, 6, 8]
-
-
-@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[2] / "configs" / "kilo").glob("*.yaml")))
-def test_kilo_presets_run(tmp_path: Path, tiny_png: Path, preset: Path, capsys: pytest.CaptureFixture) -> None:
-    """Each preset parses and drives a (shortened) fit; video presets get tile counts an image can take."""
-    tiles = "2x2"
-    code, _, err = fit([tiny_png, "--config", preset, "--kilo", tiles, "--steps", "2", "--hidden", "8",
-                        "--out", tmp_path / "run"], capsys)  # fmt: skip
-    assert code == 0, err
