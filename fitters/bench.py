@@ -24,7 +24,7 @@ import torch
 import tyro
 
 from fitters import metrics
-from fitters.cli import EXIT_USAGE, build_components, loop_options
+from fitters.cli import EXIT_USAGE, build_loop, check_fits, loop_options
 from fitters.config import (
     INT_FLAGS,
     FitConfig,
@@ -35,7 +35,7 @@ from fitters.config import (
     to_dict,
     with_log_interval,
 )
-from fitters.loop import FitLoop
+from fitters.kilo import make_grid
 from fitters.run_dir import atomic_path, atomic_write_text, to_plain
 from fitters.signal import Signal
 from fitters.signals import load_signal
@@ -106,9 +106,8 @@ def run_config(base: BenchConfig, spec: RunSpec) -> FitConfig:
 
 
 def fit_one(config: FitConfig, signal: Signal, target: float | None) -> dict[str, Any]:
-    model, optimizer, sampler = build_components(config, signal)
     options = dataclasses.replace(loop_options(config), target=target)
-    outcome = FitLoop(signal, model, optimizer, sampler, options, progress=True).run()
+    outcome = build_loop(config, signal, options, progress=True).run()
     return {
         "optim": config.optim,
         "lr": config.lr,
@@ -242,10 +241,12 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
     apply_threads(config)
     signal = load_signal(config.path, config.signal).to(device)
     name = config.name or f"{signal.kind}_{config.path.stem}"
-    config.results_dir.mkdir(parents=True, exist_ok=True)
     target = config.target
     runs: list[dict[str, Any]] = []
     configs = [with_log_interval(run_cfg, signal.num_samples) for run_cfg in configs]
+    for run_cfg in configs:
+        check_fits(run_cfg, signal)
+    config.results_dir.mkdir(parents=True, exist_ok=True)
     for spec, run_cfg in zip(specs, configs):
         print(f"nf-bench: {spec.label} (lr {run_cfg.lr:g}, sampler {run_cfg.sampler})", file=sys.stderr)
         stop_target = target if (config.stop_at_target and runs) else None
@@ -263,7 +264,8 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
         "target": target,
         "target_source": "given" if config.target is not None else f"final {signal.metric} of the first run",
         "equal_time_s": equal_time,
-        "field": f"{first_cfg.layers}x{first_cfg.hidden} {first_cfg.act}",
+        "field": f"{first_cfg.layers}x{first_cfg.hidden} {first_cfg.act}"
+        + (f" per tile, --kilo {first_cfg.kilo} ({make_grid(signal, first_cfg.kilo).num_tiles} tiles)" if first_cfg.kilo else ""),
         "seed": config.seed,
         "device": str(device),
         "torch": torch.__version__,

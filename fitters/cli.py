@@ -30,7 +30,7 @@ from fitters.config import (
     to_dict,
     with_log_interval,
 )
-from fitters.kilo import KiloLoop, check_full_batch_fits, kilo_loop
+from fitters.kilo import KiloLoop, check_config, check_full_batch_fits, kilo_loop, make_grid
 from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
 from fitters.run_dir import CONFIG, RunDir
 from fitters.signal import Signal
@@ -112,6 +112,27 @@ def parse_config(argv: Sequence[str]) -> FitConfig:
     return tyro.cli(FitConfig, args=list(argv), default=default, prog="nf-fit")
 
 
+def check_fits(config: FitConfig, signal: Signal) -> None:
+    """Refuse, before any work, a run whose settings cannot fit ``signal``: the full-batch memory guard, or tiles
+    that the signal cannot take."""
+    if config.kilo is None and config.kilo_group is not None:
+        raise ValueError(f"--kilo-group {config.kilo_group} applies only to --kilo; add --kilo TILES or drop it")
+    if config.kilo is None:
+        check_full_batch_fits(signal, config.hidden, config.layers, config.batch_size, signal.coords.device)
+    else:
+        check_config(config)
+        make_grid(signal, config.kilo)
+
+
+def build_loop(config: FitConfig, signal: Signal, options: LoopOptions, **kwargs: Any) -> FitLoop | KiloLoop:
+    """The loop a resolved config describes: all tiles at once with --kilo, else one field, its optimizer and
+    sampler (``kwargs``: run_dir, on_log, progress, summary_extra)."""
+    if config.kilo is not None:
+        return kilo_loop(config, signal, options, **kwargs)
+    model, optimizer, sampler = build_components(config, signal)
+    return FitLoop(signal, model, optimizer, sampler, options, **kwargs)
+
+
 def viewer_callback(config: FitConfig, signal: Signal) -> tuple[Any, LogCallback]:
     """Start the live viewer (imported only when asked for) and a log callback that feeds it, previews throttled."""
     from fitters.viewer import Viewer
@@ -144,27 +165,17 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
     run_dir = RunDir.check(config.out, overwrite=config.overwrite, resume=config.resume)
     signal = load_signal(config.path, config.signal).to(device)
     config = with_log_interval(config, signal.num_samples)
-    if config.kilo is None and config.kilo_group is not None:
-        raise ValueError(f"--kilo-group {config.kilo_group} applies only to --kilo; add --kilo TILES or drop it")
-    if config.kilo is None:
-        check_full_batch_fits(signal, config.hidden, config.layers, config.batch_size, device)
-        model, optimizer, sampler = build_components(config, signal)
+    check_fits(config, signal)
     loop_extra = {
         "optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "sampler": config.sampler,
         "path": str(config.path),
     }
     viewer, on_log = viewer_callback(config, signal) if config.viewer else (None, None)
     try:
-        if config.kilo is not None:
-            loop: FitLoop | KiloLoop = kilo_loop(
-                config, signal, loop_options(config),
-                run_dir=run_dir, on_log=on_log, progress=progress, summary_extra=loop_extra,
-            )
-        else:
-            loop = FitLoop(
-                signal, model, optimizer, sampler, loop_options(config),
-                run_dir=run_dir, on_log=on_log, progress=progress, summary_extra=loop_extra,
-            )
+        loop = build_loop(
+            config, signal, loop_options(config), run_dir=run_dir, on_log=on_log, progress=progress,
+            summary_extra=loop_extra,
+        )  # fmt: skip
         if config.resume:
             try:
                 loop.load_state_dict(run_dir.load_checkpoint(device))

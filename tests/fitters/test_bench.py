@@ -11,6 +11,7 @@ from skimage import data
 
 from fitters import metrics
 from fitters.bench import analyse, main, parse_optims
+from fitters.cli import main as fit_main
 
 # Two synthetic curves whose crossings are easy to compute by hand.
 SLOW = [{"step": s, "time_s": 2.0 * s, "psnr": 10.0 + s} for s in range(0, 21)]  # 30 dB at step 20, t = 40 s
@@ -84,3 +85,20 @@ def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert main([str(image), "--optims", "adam,bogus", "--results-dir", str(tmp_path / "res2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown optimizer 'bogus'" in err[0] and not (tmp_path / "res2").exists()
+
+
+def test_bench_kilo_runs_the_same_fit_as_nf_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """nf-bench --kilo trains tiles (not one field): its L-BFGS run ends where nf-fit --kilo with the same flags does."""
+    image = tmp_path / "crop.png"
+    iio.imwrite(image, data.astronaut()[100:148:3, 200:248:3])
+    shared = ["--kilo", "2x2", "--steps", "4", "--hidden", "8", "--layers", "2", "--threads", "1"]
+    assert main([str(image), "--optims", "lbfgs", *shared, "--results-dir", str(tmp_path / "res"), "--name", "k"]) == 0
+    assert fit_main([str(image), "--optim", "lbfgs", *shared, "--out", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "res" / "k.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "--kilo 2x2 (4 tiles)" in report["field"]
+    assert report["runs"][0]["final"]["psnr"] == pytest.approx(summary["psnr"], rel=1e-6)
+    capsys.readouterr()
+    assert main([str(image), "--optims", "lbfgs,adam+int", *shared, "--results-dir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drop --batch-size and --sampler" in err[0] and not (tmp_path / "bad").exists()
