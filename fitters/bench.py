@@ -39,6 +39,7 @@ from fitters.kilo import make_grid
 from fitters.run_dir import atomic_path, atomic_write_text, to_plain
 from fitters.signal import Signal
 from fitters.signals import load_signal
+from nf_precond.nn import ACTIVATIONS
 from nf_precond.optim import OPTIMIZERS
 
 
@@ -47,9 +48,10 @@ class BenchConfig(FitConfig):
     """Compare optimizers on PATH; every nf-fit flag sets the shared settings (e.g. --hidden, --batch-size)."""
 
     optims: str = "adam,lbfgs"
-    """Comma-separated runs, each NAME[@LR][+SAMPLER] (e.g. adam@1e-3,adam@1e-3+int,lbfgs); ratios are to the first.
-    Without @LR a run uses its optimizer's paper default; --lr and a preset's lr are not used by nf-bench.
-    +full/+random/+int gives that run its own --sampler (the --int-* flags configure the +int runs)."""
+    """Comma-separated runs, each NAME[@LR][+SAMPLER][:ACT] (e.g. adam@1e-3,adam@1e-3+int,lbfgs,lbfgs:relu);
+    ratios are to the first. Without @LR a run uses its optimizer's paper default; --lr and a preset's lr are not used
+    by nf-bench. +full/+random/+int gives that run its own --sampler (the --int-* flags configure the +int runs).
+    :sine/:gauss/:wavelet/:relu/:relu-pe gives it its own --act (--omega0, --sigma, ... stay shared)."""
     name: str | None = None
     """Results file stem; None = <signal kind>_<file stem>."""
     results_dir: Path = Path("benchmarks/results")
@@ -68,6 +70,8 @@ class RunSpec:
     lr: float | None
     sampler: str | None = None
     """This run's --sampler; None = the shared setting."""
+    act: str | None = None
+    """This run's --act; None = the shared setting."""
 
 
 def parse_optims(text: str) -> list[RunSpec]:
@@ -75,7 +79,10 @@ def parse_optims(text: str) -> list[RunSpec]:
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        head, _, sampler = item.partition("+")
+        head, _, act = item.partition(":")
+        if act and act not in ACTIVATIONS:
+            raise ValueError(f"--optims: {item!r} has an unknown activation {act!r}; write NAME:{'|'.join(ACTIVATIONS)}")
+        head, _, sampler = head.partition("+")
         if sampler and sampler not in SAMPLERS:
             raise ValueError(f"--optims: {item!r} has an unknown sampler {sampler!r}; write NAME+{'|'.join(SAMPLERS)}")
         name, _, lr_text = head.partition("@")
@@ -85,7 +92,7 @@ def parse_optims(text: str) -> list[RunSpec]:
             lr = float(lr_text) if lr_text else None
         except ValueError as error:
             raise ValueError(f"--optims: {item!r} has a bad learning rate; write NAME@LR, e.g. adam@1e-3") from error
-        specs.append(RunSpec(item, name, lr, sampler or None))
+        specs.append(RunSpec(item, name, lr, sampler or None, act or None))
     if not specs:
         raise ValueError("--optims is empty; give e.g. --optims adam,lbfgs")
     return specs
@@ -96,6 +103,8 @@ def run_config(base: BenchConfig, spec: RunSpec) -> FitConfig:
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(FitConfig)}
     # lr is per run (NAME@LR or the registry default): a preset's lr belongs to the preset's own optimizer.
     fields.update(optim=spec.optim, lr=spec.lr, out=Path("unused"))
+    if spec.act is not None:
+        fields["act"] = spec.act
     if spec.sampler is not None:
         fields["sampler"] = spec.sampler
         if spec.sampler != "random":  # the shared mini-batch size is for the runs that draw mini-batches
@@ -105,11 +114,22 @@ def run_config(base: BenchConfig, spec: RunSpec) -> FitConfig:
     return resolve(FitConfig(**fields))
 
 
+def field_text(configs: list[FitConfig], signal: Signal) -> str:
+    """The field of the runs for the report: layers x width, activation(s), tiles."""
+    first = configs[0]
+    acts = list(dict.fromkeys(run_cfg.act for run_cfg in configs))
+    text = f"{first.layers}x{first.hidden} {'/'.join(acts)}" + (" (per run)" if len(acts) > 1 else "")
+    if first.kilo:
+        text += f" per tile, --kilo {first.kilo} ({make_grid(signal, first.kilo).num_tiles} tiles)"
+    return text
+
+
 def fit_one(config: FitConfig, signal: Signal, target: float | None) -> dict[str, Any]:
     options = dataclasses.replace(loop_options(config), target=target)
     outcome = build_loop(config, signal, options, progress=True).run()
     return {
         "optim": config.optim,
+        "act": config.act,
         "lr": config.lr,
         "batch_size": config.batch_size,
         "sampler": config.sampler,
@@ -254,7 +274,6 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
         if target is None:
             target = runs[0]["final"][signal.metric]
     equal_time = analyse(runs, signal.metric, target)
-    first_cfg = configs[0]
     report = {
         "name": name,
         "path": str(config.path),
@@ -264,8 +283,7 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
         "target": target,
         "target_source": "given" if config.target is not None else f"final {signal.metric} of the first run",
         "equal_time_s": equal_time,
-        "field": f"{first_cfg.layers}x{first_cfg.hidden} {first_cfg.act}"
-        + (f" per tile, --kilo {first_cfg.kilo} ({make_grid(signal, first_cfg.kilo).num_tiles} tiles)" if first_cfg.kilo else ""),
+        "field": field_text(configs, signal),
         "seed": config.seed,
         "device": str(device),
         "torch": torch.__version__,

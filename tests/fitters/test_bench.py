@@ -56,21 +56,25 @@ def test_analyse_lower_bound_when_first_never_reaches() -> None:
     assert runs[1]["speedup_vs_first_at_least"] == pytest.approx(20.0 / 16.0)
 
 
-@pytest.mark.parametrize("text, message", [("adam,nope", "unknown optimizer 'nope'"), ("adam@fast", "bad learning rate"), (" , ", "empty")])
+@pytest.mark.parametrize("text, message", [("adam,nope", "unknown optimizer 'nope'"), ("adam@fast", "bad learning rate"),
+                                           (" , ", "empty"), ("lbfgs:tanh", "unknown activation 'tanh'")])  # fmt: skip
 def test_parse_optims_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_optims(text)
 
 
 def test_parse_optims() -> None:
-    specs = parse_optims("adam@1e-3, lbfgs")
-    assert [(s.label, s.optim, s.lr) for s in specs] == [("adam@1e-3", "adam", 1e-3), ("lbfgs", "lbfgs", None)]
+    specs = parse_optims("adam@1e-3, lbfgs, adam@1e-2+int:relu-pe")
+    assert [(s.label, s.optim, s.lr, s.sampler, s.act) for s in specs] == [
+        ("adam@1e-3", "adam", 1e-3, None, None), ("lbfgs", "lbfgs", None, None, None),
+        ("adam@1e-2+int:relu-pe", "adam", 1e-2, "int", "relu-pe"),
+    ]  # fmt: skip
 
 
 def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     image = tmp_path / "crop.png"
     iio.imwrite(image, data.astronaut()[100:148:3, 200:248:3])
-    code = main([str(image), "--optims", "adam@1e-2,sgd", "--steps", "6", "--log-every", "2", "--batch-size", "0",
+    code = main([str(image), "--optims", "adam@1e-2,sgd:relu", "--steps", "6", "--log-every", "2", "--batch-size", "0",
                  "--hidden", "8", "--layers", "1", "--threads", "1", "--results-dir", str(tmp_path / "res"), "--name", "t"])
     assert code == 0
     files = {p.name for p in (tmp_path / "res").iterdir()}
@@ -78,7 +82,7 @@ def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     report = json.loads((tmp_path / "res" / "t.json").read_text())
     adam, sgd = report["runs"]
     assert (adam["lr"], sgd["lr"]) == (1e-2, 1e-2)  # sgd: the registry default
-    assert adam["curve"][0]["psnr"] == sgd["curve"][0]["psnr"]  # same seed, same initial field
+    assert (adam["act"], sgd["act"]) == ("sine", "relu") and report["field"] == "1x8 sine/relu (per run)"
     assert report["target"] == adam["final"]["psnr"] and adam["ratios"]["time_to_target"] == 1.0
     assert "| adam@1e-2 | full | 6 |" in (tmp_path / "res" / "t.md").read_text()
     capsys.readouterr()
