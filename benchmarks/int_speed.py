@@ -71,8 +71,10 @@ def int_settings(steps: int, ratio: str = "step", interval: str = "incremental",
 
 
 def sine_field(steps: int, lr: float, omega0: tuple[float, ...] = (30.0,), hidden: int = 64, optim: str = "adam") -> dict:
+    """Paper 3 trains with Adam and a cosine-annealed lr (to 1e-6); ESGD and L-BFGS keep theirs constant."""
+    schedule = {"lr_schedule": "cosine", "lr_min": 1e-6} if optim == "adam" else {}
     return {"optim": optim, "act": "sine", "hidden": hidden, "layers": 4, "omega0": omega0, "lr": lr, "steps": steps,
-            "log_every": max(1, steps // 20), "threads": 1, "sampler": "full"}
+            "log_every": max(1, steps // 20), "threads": 1, "sampler": "full", **schedule}
 
 
 def photo(name: str) -> Path:

@@ -93,6 +93,8 @@ def loop_options(config: FitConfig) -> LoopOptions:
         target=config.target,
         eval_chunk=config.eval_chunk,
         reset_on_new_selection=OPTIMIZERS[config.optim].full_batch and config.lbfgs_on_reselect == "reset",
+        lr_schedule=config.lr_schedule,
+        lr_min=config.lr_min,
     )
 
 

@@ -60,6 +60,11 @@ class FitConfig:
     """Weight initialisation; auto = SIREN for sine, PyTorch's default otherwise."""
     lr: float | None = None
     """Learning rate; None = the optimizer's paper default (adam 1e-4, esgd 0.15, lbfgs 1.0, ...)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant: --lr throughout; cosine: anneal from --lr to --lr-min over --steps (torch's CosineAnnealingLR; paper 3
+    trains every INT experiment this way)."""
+    lr_min: float = 1e-6
+    """--lr-schedule cosine: the learning rate reached at --steps (paper 3: 1e-6)."""
     steps: int = 1000
     """Optimizer steps to take (one L-BFGS iteration per step); with --resume, the total including earlier steps."""
     time_budget: float | None = None
@@ -193,6 +198,7 @@ def validate(config: FitConfig) -> None:
         (config.hidden >= 1, f"--hidden must be >= 1, got {config.hidden}"),
         (config.layers >= 1, f"--layers must be >= 1, got {config.layers}"),
         (config.lr is None or config.lr > 0, f"--lr must be > 0, got {config.lr}"),
+        (config.lr_min >= 0, f"--lr-min must be >= 0, got {config.lr_min}"),
         (config.batch_size is None or config.batch_size >= 0, f"--batch-size must be >= 0 (0 = full batch), got {config.batch_size}"),
         (config.log_every is None or config.log_every >= 1, f"--log-every must be >= 1, got {config.log_every}"),
         (config.checkpoint_every is None or config.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {config.checkpoint_every}"),

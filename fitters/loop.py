@@ -54,6 +54,10 @@ class LoopOptions:
     reset_on_new_selection: bool = False
     """Call ``optimizer.reset()`` when the sampler's selection changes (line-search methods keep a history that a
     different training set would invalidate)."""
+    lr_schedule: str = "constant"
+    """constant, or cosine: anneal every group's lr to ``lr_min`` over ``steps`` (see ``cosine_lr``)."""
+    lr_min: float = 0.0
+    """The lr reached at ``steps`` under the cosine schedule."""
 
 
 @dataclass
@@ -122,6 +126,12 @@ def stop_on_sigint() -> Iterator[threading.Event]:
         os_signal.signal(os_signal.SIGINT, previous)
 
 
+def cosine_lr(base: float, minimum: float, step: int, steps: int) -> float:
+    """The lr of step ``step`` annealed from ``base`` to ``minimum`` at ``steps``: torch's CosineAnnealingLR in closed
+    form, a function of the step alone, so a resumed run continues on the same curve without scheduler state."""
+    return minimum + (base - minimum) * (1 + math.cos(math.pi * min(step, steps) / steps)) / 2
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and not math.isnan(value) and not math.isinf(value)
 
@@ -164,6 +174,7 @@ class FitLoop:
         self._last_checkpoint_wall = time.monotonic()
         self._closure: Callable[[], torch.Tensor] | None = None
         self._closure_indices: torch.Tensor | None = None
+        self._base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     # -- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -195,6 +206,9 @@ class FitLoop:
             self.optimizer.reset()
         if self._closure is None or indices is not self._closure_indices:
             self._closure, self._closure_indices = self._closure_for(indices), indices
+        if self.options.lr_schedule == "cosine":
+            for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+                group["lr"] = cosine_lr(base, self.options.lr_min, self.step, self.options.steps)
         return self.optimizer.step(self._closure)
 
     def _closure_for(self, indices: torch.Tensor | None) -> Callable[[], torch.Tensor]:
@@ -219,6 +233,7 @@ class FitLoop:
             "time_s": round(self.time_s, 6),
             "loss": float(loss.mean()) if loss is not None else None,  # batched fields: the mean over nets
             "closure_evals": self.closure_evals,
+            "lr": self.optimizer.param_groups[0]["lr"],
         }
         record.update(self.signal.evaluate(self.predict))
         record.update(self.sampler.stats())

@@ -12,12 +12,11 @@ import torch
 from skimage import data
 
 from fitters.image import ImageSignal
-from fitters.loop import FitLoop, LoopOptions, per_sample_errors
+from fitters.loop import FitLoop, LoopOptions, cosine_lr, per_sample_errors
 from fitters.run_dir import RunDir
 from nf_precond.nn import CoordinateMLP
 from nf_precond.optim import NonFiniteLossError, build_optimizer
 from nf_precond.sampling import FullBatch, RandomBatches, Sampler
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,3 +221,32 @@ def test_on_log_gets_records_and_previews() -> None:
     loop = make_loop(4, log_every=2, on_log=lambda record, preview: seen.append((record["step"], preview().shape)))
     loop.run()
     assert seen == [(0, (16, 16, 3)), (2, (16, 16, 3)), (4, (16, 16, 3))]
+
+
+def test_cosine_schedule_matches_torch_and_resumes_on_the_same_curve(tmp_path: Path) -> None:
+    steps = 12
+    param = torch.zeros(1, requires_grad=True)
+    reference = torch.optim.SGD([param], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=steps, eta_min=1e-3)
+    expected = []
+    for _ in range(steps):
+        expected.append(reference.param_groups[0]["lr"])
+        reference.step()
+        scheduler.step()
+    assert [cosine_lr(0.1, 1e-3, step, steps) for step in range(steps)] == pytest.approx(expected, rel=1e-12)
+
+    def loop_for(run_dir: RunDir | None, target: float | None = None) -> FitLoop:
+        signal, model = tiny_signal(), tiny_model()
+        options = LoopOptions(steps=steps, log_every=4, lr_schedule="cosine", lr_min=1e-4, target=target)
+        return FitLoop(signal, model, build_optimizer("adam", model, lr=1e-2), FullBatch(), options, run_dir=run_dir)
+
+    straight = loop_for(None)
+    history = straight.run().history
+    assert [r["lr"] for r in history[1:]] == pytest.approx([cosine_lr(1e-2, 1e-4, s - 1, steps) for s in (4, 8, 12)])
+    run_dir = RunDir(tmp_path)
+    assert loop_for(run_dir, target=history[2]["psnr"]).run().step == 8  # stopped like an interrupted run
+    resumed = loop_for(run_dir)
+    resumed.load_state_dict(run_dir.load_checkpoint(torch.device("cpu")))
+    resumed.run()
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
