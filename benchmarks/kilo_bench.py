@@ -224,7 +224,7 @@ def part_memory(args: argparse.Namespace) -> None:
     tiles = rows[0]["num_tiles"]
     lines = [
         "# Kilo grouped streaming: peak memory against group size", "",
-        f"astronaut upscaled to {args.memory_size}x{args.memory_size} RGB (synthetic: bicubic upscaling of the 512² photo), "
+        f"astronaut upscaled to {args.memory_size}x{args.memory_size} RGB (synthetic: bilinear upscaling of the 512² photo, scikit-image resize order 1), "
         f"--kilo {args.memory_tiles} ({tiles} tiles), 4x64 sine per tile, L-BFGS (history 20), 2 steps per group "
         "(memory, not quality, is measured). One subprocess per group size; peak = the process's maximum RSS "
         "(includes Python, torch, the signal with its coordinates, and the stitched reconstruction). Children run with "
