@@ -101,16 +101,18 @@ def race(signal: Any, tiles: str, hidden_layers: tuple[int, int], budget_s: floa
     return {"rows": rows, "curves": curves, "lbfgs_end_s": lbfgs_end}
 
 
-def race_markdown(title: str, setup: str, result: dict[str, Any]) -> str:
-    lines = [f"# {title}", "", setup, "", f"Machine: {machine()}", "",
+def race_markdown(title: str, setup: str, result: dict[str, Any], machine_info: dict[str, Any]) -> str:
+    lines = [f"# {title}", "", setup, "", f"Machine: {machine_info}", "",
              f"| run | time to {TARGET_DB:.0f} dB | steps to {TARGET_DB:.0f} dB | PSNR at L-BFGS's time to {TARGET_DB:.0f} dB "
              "| final PSNR (time, steps) | L-BFGS speed-up (time to target) |", "|---|---|---|---|---|---|"]  # fmt: skip
-    fmt = lambda v, spec: "not reached" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec, unit="": "not reached" if v is None else format(v, spec) + unit  # noqa: E731
     for name, row in result["rows"].items():
+        speedup = row["speedup_of_lbfgs"]
+        speedup = "– (L-BFGS did not reach it)" if speedup is None else speedup if isinstance(speedup, str) else f"{speedup:.1f}"
+        psnr_then = "–" if row["psnr_at_lbfgs_time_to_target"] is None else f"{row['psnr_at_lbfgs_time_to_target']:.2f} dB"
         lines.append(
-            f"| {name} | {fmt(row['time_to_target_s'], '.2f')} s | {fmt(row['steps_to_target'], '.0f')} | "
-            f"{fmt(row['psnr_at_lbfgs_time_to_target'], '.2f')} dB | {row['final_psnr']:.2f} dB ({row['final_time_s']:.1f} s, "
-            f"{row['steps']}) | {row['speedup_of_lbfgs'] if isinstance(row['speedup_of_lbfgs'], str) else fmt(row['speedup_of_lbfgs'], '.1f')}x |"
+            f"| {name} | {fmt(row['time_to_target_s'], '.2f', ' s')} | {fmt(row['steps_to_target'], '.0f')} | {psnr_then} | "
+            f"{row['final_psnr']:.2f} dB ({row['final_time_s']:.1f} s, {row['steps']}) | {speedup}{'' if speedup.startswith('–') else 'x'} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -123,7 +125,8 @@ def part_image(args: argparse.Namespace) -> None:
              f"{args.budget_s:.0f} s training budget per run (evaluation excluded). Paper 1: 100x100-pixel tiles on "
              "1800x900 to 4000x4000 photos, ~14x (Fig. 6) and 4-6x (supp. Fig. 9-13) time to a PSNR vs Adam. "
              "Scaled down to fit a shared 2-core CPU.")  # fmt: skip
-    write(args.image_name, {"setup": setup, "machine": machine(), **result}, race_markdown("KiloImage: L-BFGS vs Adam", setup, result))
+    info = machine()
+    write(args.image_name, {"setup": setup, "machine": info, **result}, race_markdown("KiloImage: L-BFGS vs Adam", setup, result, info))
 
 
 def part_video(args: argparse.Namespace) -> None:
@@ -135,7 +138,8 @@ def part_video(args: argparse.Namespace) -> None:
              f"{signal.frame_shape[2]}), --kilo {tiles} ({grid.points_per_tile} points per tile), 3x64 sine per tile, "
              f"full batch, {args.budget_s:.0f} s per run. PSNR = mean per-frame PSNR. Paper 1 supp. 4.5: 100 frames of "
              "700x1200 in 8400 tiles of 10k points, ~4x vs Adam. Scaled down.")  # fmt: skip
-    write("kilo_video", {"setup": setup, "machine": machine(), **result}, race_markdown("KiloVideo: L-BFGS vs Adam", setup, result))
+    info = machine()
+    write("kilo_video", {"setup": setup, "machine": info, **result}, race_markdown("KiloVideo: L-BFGS vs Adam", setup, result, info))
 
 
 def loop_of_tiles(signal: KiloSignal, field: FieldOptions, steps: int) -> tuple[float, torch.Tensor]:
