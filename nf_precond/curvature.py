@@ -77,11 +77,10 @@ def _grads_with_graph(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> list[t
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-def dense_hessian(loss_fn: LossFn, params: Sequence[torch.Tensor], rows_per_pass: int = 64) -> torch.Tensor:
+def dense_hessian(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """The full Hessian ``[n, n]`` of ``loss_fn()`` w.r.t. ``params`` flattened in order (n = total entries).
 
-    ``rows_per_pass`` rows come from one vmapped reverse pass (``is_grads_batched``): ~n / rows_per_pass passes
-    instead of n, at rows_per_pass times the activation memory of one. Only for small models (n² entries).
+    One reverse pass per row, so only for small models (a few thousand parameters at most).
     """
     params = list(params)
     grads = _grads_with_graph(loss_fn, params)
@@ -91,17 +90,11 @@ def dense_hessian(loss_fn: LossFn, params: Sequence[torch.Tensor], rows_per_pass
     if not flat_grad.requires_grad:  # the loss is at most linear in the parameters
         return hessian
     with torch.enable_grad():
-        for start in range(0, n, rows_per_pass):
-            rows = torch.arange(start, min(n, start + rows_per_pass), device=flat_grad.device)
-            basis = flat_grad.new_zeros(len(rows), n)
-            basis[torch.arange(len(rows)), rows] = 1.0
-            entries = torch.autograd.grad(
-                flat_grad, params, grad_outputs=basis, is_grads_batched=True, retain_graph=True, allow_unused=True
+        for row in range(n):
+            entries = torch.autograd.grad(flat_grad[row], params, retain_graph=row < n - 1, allow_unused=True)
+            hessian[row] = torch.cat(
+                [torch.zeros_like(p).reshape(-1) if e is None else e.reshape(-1) for p, e in zip(params, entries)]
             )
-            hessian[rows] = torch.cat(
-                [basis.new_zeros(len(rows), p.numel()) if e is None else e.reshape(len(rows), -1)
-                 for p, e in zip(params, entries)], dim=1,
-            )  # fmt: skip
     return hessian
 
 
