@@ -540,7 +540,7 @@ def _claims() -> list[Claim]:
     for name, layers, hidden, init, relu_zero, figure in spectra:
         claims.append(Claim(
             f"p1-hessian-{name.replace(' ', '-').lower()}", "1", f"Hessian spectrum, {name}: ReLU/ReLU-PE have zero "
-            "eigenvalues, sine/Gaussian none", figure, ("curvature_*",),
+            "eigenvalues, sine/Gaussian none", figure, (f"curvature_*_{layers}x{hidden}", "curvature_*"),
             CURVATURE.format(shape=f"{layers}x{hidden}", init="xavier" if "Xavier" in name else "paper"),
             hessian_spectrum(layers, hidden, init, relu_zero),
             "an eigenvalue counts as zero below float64 round-off (n·eps·max|λ|); the paper's Gaussian minima "
