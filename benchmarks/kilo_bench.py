@@ -107,12 +107,15 @@ def race_markdown(title: str, setup: str, result: dict[str, Any], machine_info: 
              "| final PSNR (time, steps) | L-BFGS speed-up (time to target) |", "|---|---|---|---|---|---|"]  # fmt: skip
     fmt = lambda v, spec, unit="": "not reached" if v is None else format(v, spec) + unit  # noqa: E731
     for name, row in result["rows"].items():
-        speedup = row["speedup_of_lbfgs"]
-        speedup = "– (L-BFGS did not reach it)" if speedup is None else speedup if isinstance(speedup, str) else f"{speedup:.1f}"
+        speedup = row["speedup_of_lbfgs"]  # None: L-BFGS missed the target; "> N": Adam did
+        if speedup is None:
+            speedup_cell = "– (L-BFGS did not reach it)"
+        else:
+            speedup_cell = f"{speedup}x" if isinstance(speedup, str) else f"{speedup:.1f}x"
         psnr_then = "–" if row["psnr_at_lbfgs_time_to_target"] is None else f"{row['psnr_at_lbfgs_time_to_target']:.2f} dB"
         lines.append(
             f"| {name} | {fmt(row['time_to_target_s'], '.2f', ' s')} | {fmt(row['steps_to_target'], '.0f')} | {psnr_then} | "
-            f"{row['final_psnr']:.2f} dB ({row['final_time_s']:.1f} s, {row['steps']}) | {speedup}{'' if speedup.startswith('–') else 'x'} |"
+            f"{row['final_psnr']:.2f} dB ({row['final_time_s']:.1f} s, {row['steps']}) | {speedup_cell} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
 
