@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from nf_precond.nn import BatchedMLP, CoordinateMLP
+from nf_precond.nn import BatchedMLP, CoordinateMLP, FieldConfig
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -66,10 +66,10 @@ def _timed(step: Callable[[], None], device: torch.device) -> float:
 
 def run_case(case: Case, device: torch.device, budget_s: float) -> dict[str, object]:
     torch.manual_seed(0)
-    batched = BatchedMLP(case.num_nets, 2, 3, hidden=case.hidden, layers=case.layers, activation="sine", device=device)
+    batched = BatchedMLP(case.num_nets, 2, 3, FieldConfig(hidden=case.hidden, layers=case.layers), device=device)
     nets = [batched.net(i) for i in range(case.num_nets)]
     # The floor for eager PyTorch: one net of the same shape on all N*P points does the same FLOPs in one call each.
-    single = CoordinateMLP.from_config(batched.config, device=device)
+    single = CoordinateMLP(2, 3, batched.config, device=device)
     coords = torch.rand(case.num_nets, case.points, 2, device=device) * 2 - 1
     targets = torch.rand(case.num_nets, case.points, 3, device=device)
 

@@ -1,4 +1,4 @@
-"""Which ESGD form to default to, by measurement: a small version of /work/shared/findings/esgd-vs-adam.md.
+"""Which ESGD form to default to, by measurement (see "Measurements behind the defaults" in benchmarks/README.md).
 
 Fits the astronaut photo (resized) with Gaussian and sine coordinate MLPs, mini-batches of 512 reshuffled every
 epoch, seed 0 for the init and the batch order of every method; Adam (lr 1e-4, paper 2) is the first row. Reports
@@ -22,8 +22,8 @@ import torch
 import tyro
 
 from fitters.metrics import first_crossing, psnr
-from fitters.run_dir import atomic_write_text
-from nf_precond.nn import CoordinateMLP
+from nf_precond.atomic import atomic_write_text
+from nf_precond.nn import CoordinateMLP, FieldConfig
 from nf_precond.optim import NonFiniteLossError, build_optimizer, make_closure
 from nf_precond.sampling import RandomBatches
 
@@ -90,9 +90,8 @@ class Run:
     def __init__(self, config: BenchConfig, activation: str, label: str, coords: torch.Tensor, rgb: torch.Tensor):
         optimizer_name, overrides = METHODS[label]
         torch.manual_seed(config.seed)  # the same init for every method
-        kwargs = {"sigma": config.sigma} if activation == "gauss" else {}
-        self.model = CoordinateMLP(2, 3, hidden=config.hidden, layers=4, activation=activation, device=coords.device,
-                                   **kwargs)  # fmt: skip
+        field = FieldConfig(hidden=config.hidden, layers=4, activation=activation, sigma=config.sigma)
+        self.model = CoordinateMLP(2, 3, field, device=coords.device)
         self.optimizer = build_optimizer(optimizer_name, self.model, **overrides)
         self.batches = RandomBatches(coords.shape[0], config.batch_size, coords.device, seed=config.seed)
         self.coords, self.rgb = coords, rgb
@@ -195,6 +194,13 @@ def report(config: BenchConfig, results: dict[str, dict[str, dict[str, Any]]]) -
     return "\n".join(lines) + "\n"
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the checkout when it lies inside it, so results name no machine's folders."""
+    root = Path(__file__).resolve().parent.parent
+    resolved = path.resolve()
+    return str(resolved.relative_to(root) if resolved.is_relative_to(root) else path)
+
+
 def main(config: BenchConfig) -> dict[str, Any]:
     unknown = [label for label in config.methods if label not in METHODS]
     if unknown:
@@ -208,7 +214,7 @@ def main(config: BenchConfig) -> dict[str, Any]:
         for label, result in results[activation].items():
             print(f"{activation:6s} {label:40s} final PSNR {result['curve'][-1]['psnr']:6.2f}  "
                   f"{result['seconds_per_step'] * 1e3:6.2f} ms/step", flush=True)  # fmt: skip
-    payload = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+    payload = {"config": {k: repo_relative(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                "methods": {label: {"optimizer": METHODS[label][0], "overrides": METHODS[label][1]}
                            for label in config.methods},
                "results": results}  # fmt: skip

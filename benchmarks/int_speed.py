@@ -9,7 +9,7 @@ Each case writes ``benchmarks/results/int_<case>.{md,json}`` and ``int_<case>_<s
 
 How it is scaled from the paper (5000-10000 steps of 256-512-wide SIRENs on a GPU): 4x64 sine fields (audio 4x128),
 signals of 12k-218k samples (several times the field's 13k parameters, as in the paper: a small field that
-cannot memorise its signal), 50-500 steps, one torch thread per run (runs are sequential in one process, so machine noise
+cannot memorize its signal), 50-500 steps, one torch thread per run (runs are sequential in one process, so machine noise
 hits every row alike; compare ratios, not seconds). The interval schedule keeps the paper's shape relative to the
 run: 10 stages, and the largest interval scaled by steps/5000 (90 at 5000 steps), so a
 run reselects about as often per stage as the paper's. Every fit is full-signal: INT ranks and trains on a subset
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 from dataclasses import dataclass, field
@@ -30,11 +31,12 @@ from typing import Any
 
 import torch
 
-from fitters.cli import build_components, loop_options
+from fitters.build import build_components, loop_options
 from fitters.config import FitConfig, resolve, with_log_interval
 from fitters.loop import FitLoop
-from fitters.run_dir import atomic_path, atomic_write_text, to_plain
-from fitters.signal import Signal, SignalOptions
+from fitters.run_dir import to_plain
+from nf_precond.atomic import atomic_path, atomic_write_text
+from fitters.signals import Signal, SignalOptions
 from fitters.signals import load_signal
 
 RESULTS = Path(__file__).parent / "results"
@@ -73,7 +75,7 @@ def int_settings(steps: int, ratio: str = "step", interval: str = "incremental",
 def sine_field(steps: int, lr: float, omega0: tuple[float, ...] = (30.0,), hidden: int = 64, optim: str = "adam") -> dict:
     """Paper 3 trains with Adam and a cosine-annealed lr (to 1e-6); ESGD and L-BFGS keep theirs constant."""
     schedule = {"lr_schedule": "cosine", "lr_min": 1e-6} if optim == "adam" else {}
-    return {"optim": optim, "act": "sine", "hidden": hidden, "layers": 4, "omega0": omega0, "lr": lr, "steps": steps,
+    return {"optim": optim, "field": {"activation": "sine", "hidden": hidden, "layers": 4, "omega0": omega0}, "lr": lr, "steps": steps,
             "log_every": max(1, steps // 20), "threads": 1, "sampler": "full", **schedule}
 
 
@@ -268,12 +270,16 @@ def main() -> None:
         runs = [averaged(repeats[run.label]) for run in case.runs]
         analyse(runs, signal.metric)
         result = {"case": case.name, "path": str(case.path.relative_to(REPO) if case.path.is_relative_to(REPO)
-                  else f"skimage/data/{case.path.name}"), "samples": signal.num_samples, "metric": signal.metric,
+                  else f"$SKIMAGE_DATA/{case.path.name}"), "samples": signal.num_samples, "metric": signal.metric,
                   "signal_options": to_plain(case.signal.__dict__), "runs": runs}
         plot(result, RESULTS / f"int_{args.case}_{case.name}.png")
         results.append(result)
+    # Machine facts, not the host name: what the numbers depend on, read after the runs.
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "load_average_1min": round(os.getloadavg()[0], 1)}  # fmt: skip
     lines = [f"# INT benchmark: {args.case}", "",
-             f"`python -m benchmarks.int_speed {args.case}` on {platform.node()} (torch {torch.__version__}, "
+             f"`python -m benchmarks.int_speed {args.case}` on {info['cpu']} ({info['cores']} cores, load average "
+             f"{info['load_average_1min']}, torch {info['torch']}, "
              f"1 thread per run, runs sequential in one process, {args.repeats} repeats in alternating order with "
              "times averaged). Goal (issue 6): >= 40 % less time at <= 0.3 dB "
              "PSNR (<= 0.5 % IoU) loss. Scaling and column meanings: see the module docstring.", ""]
@@ -281,7 +287,7 @@ def main() -> None:
         lines += table(result)
     if args.case == "table1":
         lines += table1_summary(results)
-    report = {"case": args.case, "torch": torch.__version__, "host": platform.node(), "results": results}
+    report = {"case": args.case, "torch": torch.__version__, "machine": info, "results": results}
     atomic_write_text(RESULTS / f"int_{args.case}.json", json.dumps(to_plain(report), indent=1) + "\n")
     atomic_write_text(RESULTS / f"int_{args.case}.md", "\n".join(lines))
     print("\n".join(lines))

@@ -33,13 +33,14 @@ from skimage import data
 from skimage.transform import resize
 
 from fitters import metrics
-from fitters.image import ImageSignal
-from fitters.image import load as load_image
-from fitters.kilo import FieldOptions, KiloLoop, KiloSignal, build_field, make_grid
+from fitters.signals.image import ImageSignal
+from fitters.signals.image import load as load_image
+from fitters.kilo import KiloLoop, KiloSignal, initial_field, make_grid
 from fitters.loop import LoopOptions
-from fitters.run_dir import atomic_write_text
-from fitters.video import load as load_video
-from fitters.signal import SignalOptions
+from nf_precond.atomic import atomic_write_text
+from fitters.signals.video import load as load_video
+from fitters.signals import SignalOptions
+from nf_precond.nn import FieldConfig
 from nf_precond.optim.lbfgs import LBFGS
 
 RESULTS = Path(__file__).parent / "results"
@@ -66,9 +67,10 @@ def write(name: str, payload: dict[str, Any], markdown: str) -> None:
     print(markdown)
 
 
-def fit_curve(signal: Any, tiles: str, field: FieldOptions, budget_s: float, log_every: int) -> list[dict[str, Any]]:
-    loop = KiloLoop(signal, make_grid(signal, tiles), field, LoopOptions(steps=10**6, log_every=log_every,
-                                                                         time_budget=budget_s))  # fmt: skip
+def fit_curve(signal: Any, tiles: str, field: FieldConfig, optim: str, lr: float, budget_s: float,
+              log_every: int) -> list[dict[str, Any]]:  # fmt: skip
+    options = LoopOptions(steps=10**6, log_every=log_every, time_budget=budget_s)
+    loop = KiloLoop(signal, make_grid(signal, tiles), field, options, optim=optim, lr=lr)
     return loop.run().history
 
 
@@ -78,8 +80,7 @@ def race(signal: Any, tiles: str, hidden_layers: tuple[int, int], budget_s: floa
     runs = {"lbfgs": ("lbfgs", 1.0, 1), "adam@1e-4": ("adam", 1e-4, 10), "adam@1e-3": ("adam", 1e-3, 10)}
     curves = {}
     for name, (optim, lr, log_every) in runs.items():
-        field = FieldOptions(hidden=hidden, layers=layers, optim=optim, lr=lr)
-        curves[name] = fit_curve(signal, tiles, field, budget_s, log_every)
+        curves[name] = fit_curve(signal, tiles, FieldConfig(hidden=hidden, layers=layers), optim, lr, budget_s, log_every)
     rows = {}
     lbfgs_end = curves["lbfgs"][-1]["time_s"]
     for name, curve in curves.items():
@@ -145,9 +146,9 @@ def part_video(args: argparse.Namespace) -> None:
     write("kilo_video", {"setup": setup, "machine": info, **result}, race_markdown("KiloVideo: L-BFGS vs Adam", setup, result, info))
 
 
-def loop_of_tiles(signal: KiloSignal, field: FieldOptions, steps: int) -> tuple[float, torch.Tensor]:
+def loop_of_tiles(signal: KiloSignal, field: FieldConfig, steps: int) -> tuple[float, torch.Tensor]:
     """Reference: one CoordinateMLP + LBFGS per tile, trained one after the other; returns (seconds, outputs)."""
-    initial = build_field(field, signal.grid.num_tiles, signal.in_features, signal.out_features)
+    initial = initial_field(field, signal.grid.num_tiles, signal.in_features, signal.out_features, seed=0)
     outputs = []
     seconds = 0.0
     for index in range(signal.grid.num_tiles):
@@ -175,8 +176,8 @@ def part_loop(args: argparse.Namespace) -> None:
     rows = []
     for tiles, hidden, layers in (("32x32", 64, 4), ("16x16", 64, 4), ("4x4", 64, 4)):
         grid = make_grid(signal, tiles)
-        field = FieldOptions(hidden=hidden, layers=layers, optim="lbfgs")
-        kilo = KiloLoop(signal, grid, field, LoopOptions(steps=args.steps, log_every=args.steps))
+        field = FieldConfig(hidden=hidden, layers=layers)
+        kilo = KiloLoop(signal, grid, field, LoopOptions(steps=args.steps, log_every=args.steps), optim="lbfgs")
         start = time.perf_counter()
         outcome = kilo.run()
         batched_s = outcome.time_s
@@ -208,7 +209,7 @@ def memory_child(size: int, tiles: str, group: int | None, steps: int) -> dict[s
     signal = astronaut(size)
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     grid = make_grid(signal, tiles)
-    loop = KiloLoop(signal, grid, FieldOptions(optim="lbfgs"), LoopOptions(steps=steps, log_every=steps), group=group)
+    loop = KiloLoop(signal, grid, FieldConfig(), LoopOptions(steps=steps, log_every=steps), optim="lbfgs", group=group)
     start = time.perf_counter()
     outcome = loop.run()
     return {"size": size, "tiles": tiles, "group": group or grid.num_tiles, "num_tiles": grid.num_tiles,

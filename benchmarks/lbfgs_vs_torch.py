@@ -7,8 +7,8 @@ Three ways to run the same number of L-BFGS iterations from the same initial wei
 - ``ours``: ``LBFGS(max_iter=1)``, one ``step`` per iteration, as the fit loop calls it (so every iteration is logged);
 - ``torch, one call``: ``torch.optim.LBFGS(max_iter=K)`` doing all K iterations inside one ``step`` (its best case:
   the iterations cannot be logged from outside);
-- ``torch, max_iter=1``: ``torch.optim.LBFGS(max_iter=1)`` called K times, the per-iteration use that stalled in
-  ``findings/lbfgs-vs-adam.md`` (its default ``max_eval`` leaves one evaluation per call).
+- ``torch, max_iter=1``: ``torch.optim.LBFGS(max_iter=1)`` called K times, the per-iteration use that stalls (its
+  default ``max_eval`` leaves one evaluation per call).
 
 The runs alternate ``--repeats`` times so machine noise hits all alike; the table reports medians and ratios to
 ``torch, one call``: time per iteration, closure evaluations per iteration, optimizer time per iteration (outside the
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fitters.run_dir import atomic_write_text
-from nf_precond.nn import CoordinateMLP
+from nf_precond.atomic import atomic_write_text
+from nf_precond.nn import CoordinateMLP, FieldConfig
 from nf_precond.optim import make_closure
 from nf_precond.optim.lbfgs import LBFGS
 
@@ -70,7 +70,7 @@ def _synchronize(device: torch.device) -> None:
 def run_once(run: str, coords: torch.Tensor, targets: torch.Tensor, iterations: int) -> Measurement:
     device = coords.device
     torch.manual_seed(0)
-    model = CoordinateMLP(2, 3, hidden=64, layers=4, activation="sine", device=device)
+    model = CoordinateMLP(2, 3, FieldConfig(hidden=64, layers=4, activation="sine"), device=device)
     if run == "ours":
         optimizer: torch.optim.Optimizer = LBFGS(model.parameters(), history_size=HISTORY)
         calls = iterations
@@ -114,7 +114,7 @@ def run_once(run: str, coords: torch.Tensor, targets: torch.Tensor, iterations: 
 def summarize(measurements: list[Measurement], iterations: int) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     # One closure costs the same in every run; on a busy machine its measured time swings ~2x between runs, so the
-    # modelled time prices every run's evaluations at the pooled median cost and adds the run's own optimizer time.
+    # modeled time prices every run's evaluations at the pooled median cost and adds the run's own optimizer time.
     closure_ms = 1e3 * statistics.median(m.closure_seconds / m.closure_evals for m in measurements)
     for run in RUNS:
         mine = [m for m in measurements if m.run == run]
@@ -145,7 +145,7 @@ def markdown(rows: dict[str, dict[str, float]], meta: dict[str, object]) -> str:
         f"{meta['device']}, {meta['threads']} thread(s), median of {meta['repeats']} alternating repeats. "
         f"Command: `{meta['command']}`. Ratios are to `{BASELINE}`.",
         "",
-        "| run | closure evals / iteration | optimizer ms / iteration | modelled ms / iteration (ratio) "
+        "| run | closure evals / iteration | optimizer ms / iteration | modeled ms / iteration (ratio) "
         "| measured ms / iteration (ratio) | final PSNR (dB) | ΔPSNR (dB) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -159,9 +159,9 @@ def markdown(rows: dict[str, dict[str, float]], meta: dict[str, object]) -> str:
     lines += [
         "",
         "- *optimizer ms / iteration*: wall time outside the closure (direction, line-search bookkeeping, copies).",
-        f"- *modelled*: evals / iteration x the pooled median closure cost ({meta['closure_ms']:.1f} ms here) + the "
+        f"- *modeled*: evals / iteration x the pooled median closure cost ({meta['closure_ms']:.1f} ms here) + the "
         "run's optimizer time. The *measured* wall time includes the machine's load swings (see the JSON: the same "
-        "closure's cost varies between runs), so read ratios from the modelled column on a busy machine.",
+        "closure's cost varies between runs), so read ratios from the modeled column on a busy machine.",
         "- `ours` is called once per iteration like `torch, max_iter=1`, yet does the work of `torch, one call`: it "
         "reuses the loss and gradient the previous step's line search ended with instead of re-evaluating them.",
         "",

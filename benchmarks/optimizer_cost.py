@@ -30,8 +30,8 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from fitters.run_dir import atomic_write_text
-from nf_precond.nn import CoordinateMLP
+from nf_precond.atomic import atomic_write_text
+from nf_precond.nn import CoordinateMLP, FieldConfig
 from nf_precond.optim import OPTIMIZERS, build_optimizer, make_closure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def setup(name: str, batch: int | None, device: torch.device, seed: int = 0):
         index = torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(seed))[:batch].to(device)
         coords, colors = coords[index], colors[index]
     torch.manual_seed(seed)
-    model = CoordinateMLP(2, 3, hidden=64, layers=4, activation="gauss", sigma=0.05).to(device)
+    model = CoordinateMLP(2, 3, FieldConfig(hidden=64, layers=4, activation="gauss", sigma=0.05)).to(device)
     optimizer = build_optimizer(name, model)
     closure = make_closure(optimizer, lambda: torch.nn.functional.mse_loss(model(coords), colors))
     return model, optimizer, closure

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fitters.metrics import first_crossing
-from fitters.run_dir import atomic_write_text
+from nf_precond.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -80,7 +80,7 @@ def read_nf_bench(data: Results, file: str) -> Results:
 
 
 def read_curvature(data: Results, file: str) -> Results:
-    """``nf-curvature`` reports (fitters/curvature_cli.py)."""
+    """``nf-curvature`` reports (fitters/curvature.py)."""
     require(data, "command", str, file)
     require(data, "plot", str, file)
     networks = require(data, "networks", list, file)
@@ -444,7 +444,7 @@ def int_row(label_match: str, paper_saved: float, min_change: float) -> Callable
         for case in cases:
             runs = [run for run in case["runs"] if run["label"] == label_match]
             if not runs:
-                raise _MissingCase(f"no run labelled {label_match!r} in {file}")
+                raise _MissingCase(f"no run labeled {label_match!r} in {file}")
             run = runs[0]
             change = f"{run['metric_change']:+.2f} dB" if case["metric"] == "psnr" else (
                 f"{100 * run['metric_change']:+.2f} % {case['metric']}"  # IoU is a fraction in the results
@@ -492,7 +492,7 @@ def _claims() -> list[Claim]:
               f"{FIT} camera.png --config configs/image/paper1-sine-lbfgs.yaml --optims adam@1e-4,adam@1e-3,lbfgs",
               lbfgs_vs_adam(5.0),
               "the paper compares against Adam at lr 1e-4 only (the headline here is against the best-tuned Adam "
-              "lr, 1e-3); findings/lbfgs-vs-adam.md saw the same ~2.5x gap against it"),
+              "lr, 1e-3)"),
         Claim("p1-audio", "1", "L-BFGS vs Adam, audio (4x256 sine ω0 3000/30)",
               "sine converges fastest with L-BFGS (supp. Fig. 6; no Adam figure)", ("audio_paper1*",),
               f"{FIT} tests/data/front_center.wav --config configs/audio/paper1-sine-lbfgs.yaml --optims adam,lbfgs",
@@ -571,7 +571,7 @@ def _claims() -> list[Claim]:
         Claim("p2-image-esgd-max", "2", "ESGD-max vs Adam, image", "ESGD-max converges (Sec. 5 remark, supp. Fig. 10)",
               ("image_paper2_esgd_max", "image_paper2_esgd-max"),
               f"{FIT} examples/astronaut_256.png --config configs/image/gauss-adam.yaml --optims adam,esgd-max",
-              esgd_vs_adam(None), "the released code's ESGD-max image path could not run (findings/esgd-vs-adam.md)"),
+              esgd_vs_adam(None), "the released code's ESGD-max image path could not run"),
         Claim("p2-occupancy", "2", "ESGD vs Adam, occupancy (5-layer 256 Gaussian σ 0.09, BCE, batch 50k)",
               "ESGD converges faster (Fig. 6, supp. Fig. 8)", ("occupancy_paper2*",),
               f"{FIT} tests/data/bone.ply --config configs/occupancy/gauss-adam.yaml --optims adam,esgd",
@@ -668,7 +668,8 @@ def render(results: dict[str, Results], results_link: str = "benchmarks/results"
         f"Hessian rows the ReLU zero-eigenvalue fraction). A speed claim counts as reproduced when the measured "
         f"figure points the same way and is at least {REPRODUCED_FRACTION:g} of the paper's; a qualitative claim "
         "when every measured case agrees. L-BFGS speed-ups are to each Adam run's own final metric, taken from the "
-        "logged curves; the headline is against the best-tuned Adam.",
+        "logged curves; the headline is against the best-tuned Adam. `$SKIMAGE_DATA` in a command is the folder of "
+        "the images bundled with scikit-image (the `skimage.data` package; see `benchmarks/README.md`).",
         "",
         "| paper | claim | paper's figure | measured here | ratio | status | command | plot |",
         "|---|---|---|---|---|---|---|---|",

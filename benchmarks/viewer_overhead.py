@@ -37,12 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fitters.cli import PREVIEW_INTERVAL_S, build_components, loop_options, run
+from fitters.build import build_components, loop_options
+from fitters.cli.fit import PREVIEW_INTERVAL_S, run
 from fitters.config import FitConfig, apply_threads, resolve, with_log_interval
 from fitters.loop import FitLoop, FitOutcome, Preview
 from fitters.signals import load_signal
-from fitters.signal import SignalOptions
+from fitters.signals import SignalOptions
 from fitters.viewer import Viewer
+from nf_precond.nn import FieldConfig
 
 RESULTS = Path(__file__).parent / "results"
 PHOTO = Path(__file__).parent.parent / "examples" / "astronaut_256.png"
@@ -80,7 +82,7 @@ def free_port() -> int:
 
 def fit_config(args: argparse.Namespace, out: Path, viewer: bool, port: int) -> FitConfig:
     return FitConfig(
-        path=PHOTO, optim="adam", act="sine", hidden=64, layers=4, batch_size=0, steps=args.steps,
+        path=PHOTO, optim="adam", field=FieldConfig(activation="sine", hidden=64, layers=4), batch_size=0, steps=args.steps,
         device=args.device, threads=args.threads, out=out, overwrite=True, viewer=viewer, viewer_port=port,
         signal=SignalOptions(resize=(args.size, args.size)),
     )

@@ -1,4 +1,5 @@
-"""``nf-bench PATH --optims adam,adam@1e-3,lbfgs``: several optimizers on one signal, one process, one seed.
+"""The optimizer race behind ``nf-bench PATH --optims adam,adam@1e-3,lbfgs``: several optimizers on one signal, one
+process, one seed.
 
 Every run gets the same signal, the same initial weights (same seed) and the same settings apart from its optimizer
 (and that optimizer's default lr / batch size / log interval unless given). The report gives, each as a ratio to
@@ -10,7 +11,6 @@ ratios within one run of nf-bench are comparable; absolute seconds depend on the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import platform
@@ -21,23 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import tyro
 
 from fitters import metrics
-from fitters.cli import EXIT_USAGE, build_loop, check_fits, loop_options
+from fitters.build import build_loop, check_fits, loop_options
 from fitters.config import (
     INT_FLAGS,
     FitConfig,
     apply_threads,
-    load_preset,
     resolve,
     resolve_device,
     to_dict,
     with_log_interval,
 )
 from fitters.kilo import make_grid
-from fitters.run_dir import atomic_path, atomic_write_text, to_plain
-from fitters.signal import Signal
+from fitters.run_dir import to_plain
+from nf_precond.atomic import atomic_path, atomic_write_text
+from fitters.signals import Signal
 from fitters.signals import load_signal
 from nf_precond.nn import ACTIVATIONS
 from nf_precond.optim import OPTIMIZERS
@@ -51,7 +50,7 @@ class BenchConfig(FitConfig):
     """Comma-separated runs, each NAME[@LR][+SAMPLER][:ACT] (e.g. adam@1e-3,adam@1e-3+int,lbfgs,lbfgs:relu);
     ratios are to the first. Without @LR a run uses its optimizer's paper default; --lr and a preset's lr are not used
     by nf-bench. +full/+random/+int gives that run its own --sampler (the --int-* flags configure the +int runs).
-    :sine/:gauss/:wavelet/:relu/:relu-pe gives it its own --act (--omega0, --sigma, ... stay shared)."""
+    :sine/:gauss/:wavelet/:relu/:relu-pe gives it its own --activation (--omega0, --sigma, ... stay shared)."""
     name: str | None = None
     """Results file stem; None = <signal kind>_<file stem>."""
     results_dir: Path = Path("benchmarks/results")
@@ -104,7 +103,7 @@ def run_config(base: BenchConfig, spec: RunSpec) -> FitConfig:
     # lr is per run (NAME@LR or the registry default): a preset's lr belongs to the preset's own optimizer.
     fields.update(optim=spec.optim, lr=spec.lr, out=Path("unused"))
     if spec.act is not None:
-        fields["act"] = spec.act
+        fields["field"] = dataclasses.replace(base.field, activation=spec.act)
     if spec.sampler is not None:
         fields["sampler"] = spec.sampler
         if spec.sampler != "random":  # the shared mini-batch size is for the runs that draw mini-batches
@@ -117,8 +116,8 @@ def run_config(base: BenchConfig, spec: RunSpec) -> FitConfig:
 def field_text(configs: list[FitConfig], signal: Signal) -> str:
     """The field of the runs for the report: layers x width, activation(s), tiles."""
     first = configs[0]
-    acts = list(dict.fromkeys(run_cfg.act for run_cfg in configs))
-    text = f"{first.layers}x{first.hidden} {'/'.join(acts)}" + (" (per run)" if len(acts) > 1 else "")
+    acts = list(dict.fromkeys(run_cfg.field.activation for run_cfg in configs))
+    text = f"{first.field.layers}x{first.field.hidden} {'/'.join(acts)}" + (" (per run)" if len(acts) > 1 else "")
     if first.kilo:
         text += f" per tile, --kilo {first.kilo} ({make_grid(signal, first.kilo).num_tiles} tiles)"
     return text
@@ -129,7 +128,7 @@ def fit_one(config: FitConfig, signal: Signal, target: float | None) -> dict[str
     outcome = build_loop(config, signal, options, progress=True).run()
     return {
         "optim": config.optim,
-        "act": config.act,
+        "act": config.field.activation,
         "lr": config.lr,
         "batch_size": config.batch_size,
         "sampler": config.sampler,
@@ -242,14 +241,6 @@ def plot(report: dict[str, Any], results_dir: Path) -> list[str]:
     return written
 
 
-def parse_bench(argv: Sequence[str]) -> BenchConfig:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path)
-    known, _ = pre.parse_known_args(list(argv))
-    default = load_preset(known.config, BenchConfig) if known.config else BenchConfig()
-    return tyro.cli(BenchConfig, args=list(argv), default=default, prog="nf-bench")
-
-
 def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
     specs = parse_optims(config.optims)
     configs = [run_config(config, spec) for spec in specs]  # validates every run before any work
@@ -297,22 +288,3 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
     atomic_write_text(config.results_dir / f"{name}.json", json.dumps(to_plain(report), indent=1) + "\n")
     atomic_write_text(config.results_dir / f"{name}.md", markdown(report))
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        config = parse_bench(argv)
-        report = bench(config, argv)
-    except ValueError as error:
-        print(f"nf-bench: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("nf-bench: interrupted; no results written", file=sys.stderr)
-        return 130
-    print(markdown(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

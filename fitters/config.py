@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import tyro
 import yaml
 
-from fitters.signal import SignalOptions
-from nf_precond.nn import ACTIVATIONS
-from nf_precond.optim import OPTIMIZERS
+from fitters.signals import SignalOptions
+from nf_precond.nn import FieldConfig
+from nf_precond.optim import OPTIMIZERS, OptimizerName
 from nf_precond.sampling import INTOptions, make_interval_schedule, make_ratio_schedule
-
-OptimName = Literal["adam", "sgd", "esgd", "esgd-max", "adahessian-j", "adahessian-e", "shampoo", "kfac", "lbfgs"]
-ActName = Literal["sine", "gauss", "wavelet", "relu", "relu-pe"]
+from nf_precond.sampling.schedules import INTERVAL_SCHEDULES, RATIO_SCHEDULES
 
 DEFAULT_MINI_BATCH = 512
 """Paper 2's mini-batch size for every stochastic optimizer (image experiments)."""
@@ -38,26 +37,10 @@ class FitConfig:
 
     path: tyro.conf.Positional[Path] = NO_PATH
     """The signal file: .png/.jpg (image), .wav/.flac (audio), .mp4/.avi/.mov (video), .obj/.ply/.off/.stl (mesh)."""
-    optim: OptimName = "adam"
+    optim: OptimizerName = "adam"
     """Optimizer (nf_precond.optim.OPTIMIZERS); lbfgs is full batch with a line search."""
-    act: ActName = "sine"
-    """Activation of the coordinate MLP."""
-    hidden: int = 64
-    """Width of every hidden layer (paper 1 images: 64; paper 2: 256)."""
-    layers: int = 4
-    """Number of activated hidden layers (a final linear layer follows them)."""
-    omega0: tuple[float, ...] = (30.0,)
-    """Sine ω0: one value for all hidden layers or one per layer (audio SIREN: 3000 3000 30 30)."""
-    sigma: float = 0.05
-    """Gaussian activation width σ in exp(-x²/(2σ²))."""
-    wavelet_omega0: float = 10.0
-    """Gabor wavelet frequency ω0."""
-    wavelet_s0: float = 10.0
-    """Gabor wavelet inverse width s0."""
-    pe_frequencies: int = 8
-    """relu-pe: number L of positional-encoding octaves."""
-    init: Literal["auto", "siren", "kaiming", "xavier", "default"] = "auto"
-    """Weight initialisation; auto = SIREN for sine, PyTorch's default otherwise."""
+    field: Annotated[FieldConfig, tyro.conf.OmitArgPrefixes] = FieldConfig()
+    """The coordinate MLP (nf_precond.nn.FieldConfig): --hidden, --layers, --activation, --omega0, --sigma, ..."""
     lr: float | None = None
     """Learning rate; None = the optimizer's paper default (adam 1e-4, esgd 0.15, lbfgs 1.0, ...)."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -78,9 +61,9 @@ class FitConfig:
     sampler: Literal["full", "random", "int"] | None = None
     """Which samples a step trains on: full (all), random (mini-batches of --batch-size), int (INT, paper 3: the
     samples with the largest error, re-ranked on a schedule); None = full for lbfgs or --batch-size 0, else random."""
-    int_ratio: Literal["constant", "step", "cosine", "rcosine"] | None = None
+    int_ratio: Literal[tuple(RATIO_SCHEDULES)] | None = None  # type: ignore[valid-type]
     """--sampler int: schedule of the fraction selected; None = step (20 % rising to 92 % in 10 stages, paper 3)."""
-    int_interval: Literal["dense", "incremental", "decremental"] | None = None
+    int_interval: Literal[tuple(INTERVAL_SCHEDULES)] | None = None  # type: ignore[valid-type]
     """--sampler int: schedule of steps between reselections; None = incremental (every step, rising to every 90)."""
     int_ratio_start: float | None = None
     """--sampler int: fraction at the first step (the constant schedule's fraction); None = the schedule's default."""
@@ -127,7 +110,7 @@ class FitConfig:
     """Serve a live viser view of the fit (reconstruction, target, PSNR curve) on 127.0.0.1."""
     viewer_port: int = 8080
     """Port of the --viewer server."""
-    signal: SignalOptions = field(default_factory=SignalOptions)
+    signal: SignalOptions = dataclasses.field(default_factory=SignalOptions)
     """How the file becomes a signal (resize, frames, points, ...)."""
 
     @property
@@ -193,10 +176,7 @@ def validate(config: FitConfig) -> None:
         raise ValueError("no signal file given; usage: nf-fit PATH [--optim ...] (see nf-fit --help)")
     checks = [
         (config.optim in OPTIMIZERS, f"--optim {config.optim!r} is unknown; choose one of {', '.join(OPTIMIZERS)}"),
-        (config.act in ACTIVATIONS, f"--act {config.act!r} is unknown; choose one of {', '.join(ACTIVATIONS)}"),
         (config.steps >= 1, f"--steps must be >= 1, got {config.steps}"),
-        (config.hidden >= 1, f"--hidden must be >= 1, got {config.hidden}"),
-        (config.layers >= 1, f"--layers must be >= 1, got {config.layers}"),
         (config.lr is None or config.lr > 0, f"--lr must be > 0, got {config.lr}"),
         (config.lr_min >= 0, f"--lr-min must be >= 0, got {config.lr_min}"),
         (config.batch_size is None or config.batch_size >= 0, f"--batch-size must be >= 0 (0 = full batch), got {config.batch_size}"),
@@ -205,7 +185,6 @@ def validate(config: FitConfig) -> None:
         (config.time_budget is None or config.time_budget > 0, f"--time-budget must be > 0 seconds, got {config.time_budget}"),
         (config.threads is None or config.threads >= 1, f"--threads must be >= 1, got {config.threads}"),
         (config.eval_chunk >= 1, f"--eval-chunk must be >= 1, got {config.eval_chunk}"),
-        (len(config.omega0) >= 1, "--omega0 needs at least one value"),
     ]
     for ok, message in checks:
         if not ok:
@@ -244,19 +223,17 @@ def validate_sampler(config: FitConfig) -> None:
             raise ValueError(f"{flag} applies only to --sampler int; add --sampler int or drop {flag}")
         return
     options = int_options(config)
-    ratio = make_ratio_schedule(options.ratio, options.ratio_start, options.ratio_end, options.stages)
-    make_interval_schedule(options.interval, options.max_interval, options.stages)
+    try:
+        ratio = make_ratio_schedule(options.ratio, options.ratio_start, options.ratio_end, options.stages)
+        make_interval_schedule(options.interval, options.max_interval, options.stages)
+    except ValueError as error:  # the core names INTOptions fields; the user typed flags
+        raise ValueError(re.sub(r"INTOptions\.(\w+)", lambda m: "--int-" + m.group(1).replace("_", "-"), str(error))) from error
     if min(ratio.ratio(0, config.steps), ratio.ratio(config.steps - 1, config.steps)) >= 1.0:
         values = "--int-ratio-start 1" if options.ratio == "constant" else "--int-ratio-start and --int-ratio-end 1"
         raise ValueError(
             f"--int-ratio {options.ratio} with {values} selects every sample at every step, so --sampler int would "
             "only add error passes to full-batch training; use --sampler full, or a ratio below 1"
         )
-
-
-def omega0_argument(config: FitConfig) -> float | tuple[float, ...]:
-    """``CoordinateMLP``'s omega0: a single number or one per hidden layer."""
-    return config.omega0[0] if len(config.omega0) == 1 else tuple(config.omega0)
 
 
 def _normalise_keys(values: dict[str, Any], source: Path, cls: type[FitConfig]) -> dict[str, Any]:
@@ -270,25 +247,38 @@ def _normalise_keys(values: dict[str, Any], source: Path, cls: type[FitConfig]) 
     return normalised
 
 
+SECTIONS: dict[str, type] = {"field": FieldConfig, "signal": SignalOptions}
+"""The nested settings of a ``FitConfig``; presets and config.yaml hold each as a mapping under its name."""
+
+
+def _section(values: dict[str, Any] | None, name: str, source: Path) -> Any:
+    """One nested section (``field:`` or ``signal:``) from a preset's mapping; lists become tuples."""
+    cls = SECTIONS[name]
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: {name!r} must be a mapping of settings, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{source}: unknown {name} setting(s) {sorted(unknown)}; valid: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {name}: {error}") from error
+
+
 def config_from_dict(values: dict[str, Any], source: Path, cls: type[FitConfig] = FitConfig) -> FitConfig:
     """Build a ``FitConfig`` (or a subclass, e.g. nf-bench's) from preset/config.yaml values (lists become tuples,
     paths become Paths)."""
     values = _normalise_keys(values, source, cls)
-    signal_values = values.pop("signal", None) or {}
-    signal_fields = {f.name for f in dataclasses.fields(SignalOptions)}
-    unknown = set(signal_values) - signal_fields
-    if unknown:
-        raise ValueError(f"{source}: unknown signal setting(s) {sorted(unknown)}; valid: {sorted(signal_fields)}")
-    signal_values = {k: tuple(v) if isinstance(v, list) else v for k, v in signal_values.items()}
+    sections = {name: _section(values.pop(name, None), name, source) for name in SECTIONS}
     for name in ("path", "out", "config"):
         if values.get(name) is not None:
             values[name] = Path(values[name])
-    if isinstance(values.get("omega0"), (int, float)):
-        values["omega0"] = (float(values["omega0"]),)
-    elif values.get("omega0") is not None:
-        values["omega0"] = tuple(float(v) for v in values["omega0"])
     try:
-        return cls(**values, signal=SignalOptions(**signal_values))
+        return cls(**values, **sections)
     except TypeError as error:
         raise ValueError(f"{source}: {error}") from error
 

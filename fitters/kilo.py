@@ -20,9 +20,7 @@ current group's field, optimizer state and activations are alive, so peak memory
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -31,26 +29,15 @@ import torch
 from tqdm import tqdm
 
 from fitters import metrics
-from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
+from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions, run_summary
 from fitters.run_dir import RunDir
-from fitters.signal import Predict, Signal, SignalError
-from nf_precond.nn import BatchedMLP
+from fitters.signals import Predict, Signal, SignalError
+from fitters.memory import check_tiles_fit
+from nf_precond.nn import BatchedMLP, FieldConfig
 from nf_precond.optim import build_optimizer
-from nf_precond.optim.batched_lbfgs import BatchedLBFGS
 from nf_precond.sampling import FullBatch
 
-KILO_OPTIMIZERS = ("lbfgs", "adam", "sgd")
-"""Optimizers that treat every tile on its own when run over stacked weights (L-BFGS through BatchedLBFGS; Adam and
-SGD update element-wise). Shampoo, K-FAC and the Hessian-diagonal methods would mix tiles or are untested here."""
-LBFGS_HISTORY = 20
-"""Curvature pairs per tile: 2 * 20 + 4 copies of a 4x64 tile's 12.9k weights is 2.3 MB per tile (the single-net
-default of 100 would be 10 MB per tile, 16 GB for paper 1's 1600 tiles)."""
 AXIS_NAMES = {"image": ("rows", "columns"), "video": ("frames", "rows", "columns")}
-FLOAT_BYTES = 4
-ACTIVATION_COPIES = 4
-"""Floats kept per hidden unit per point for forward + backward (pre-activation, activation, its derivative, the
-gradient); used only to estimate whether a full batch fits in memory."""
-
 
 # -- the grid ------------------------------------------------------------------------------------------------------
 
@@ -245,86 +232,15 @@ def tiled_predict(model: BatchedMLP, chunk: int) -> Predict:
 # -- building and running ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FieldOptions:
-    """The per-tile field and its optimizer (the nf-fit flags of the same names)."""
-
-    hidden: int = 64
-    layers: int = 4
-    activation: str = "sine"
-    omega0: float | tuple[float, ...] = 30.0
-    sigma: float = 0.05
-    wavelet_omega0: float = 10.0
-    wavelet_s0: float = 10.0
-    pe_frequencies: int = 8
-    init: str = "auto"
-    optim: str = "lbfgs"
-    lr: float | None = None
-    seed: int = 0
-
-
-def build_field(options: FieldOptions, num_tiles: int, in_features: int, out_features: int) -> BatchedMLP:
-    """One tiny MLP per tile, stacked, initialised from ``options.seed`` (on the CPU: the same weights on any
-    device, whatever the grouping)."""
-    field_keys = ("hidden", "layers", "activation", "omega0", "sigma", "wavelet_omega0", "wavelet_s0",
-                  "pe_frequencies", "init")  # fmt: skip
+def initial_field(field: FieldConfig, num_tiles: int, in_features: int, out_features: int, seed: int) -> BatchedMLP:
+    """One tiny MLP per tile, stacked, initialized from ``seed`` on the CPU: the same weights on any device, whatever
+    the grouping."""
     generator_state = torch.get_rng_state()
-    torch.manual_seed(options.seed)
+    torch.manual_seed(seed)
     try:
-        return BatchedMLP(num_tiles, in_features, out_features, **{key: getattr(options, key) for key in field_keys})
+        return BatchedMLP(num_tiles, in_features, out_features, field)
     finally:
         torch.set_rng_state(generator_state)
-
-
-def select_nets(model: BatchedMLP, ids: torch.Tensor, device: torch.device) -> BatchedMLP:
-    """Nets ``ids`` of ``model`` as a ``BatchedMLP`` of their own on ``device``."""
-    subset = BatchedMLP(len(ids), **dataclasses.asdict(model.config), device=device)
-    with torch.no_grad():
-        for mine, theirs in zip(subset.parameters(), model.parameters()):
-            mine.copy_(theirs[ids.to(theirs.device)])
-    return subset
-
-
-def build_optimizer_for(model: BatchedMLP, options: FieldOptions) -> torch.optim.Optimizer:
-    """The optimizer that trains every net of ``model`` at once, each as if on its own."""
-    if options.optim not in KILO_OPTIMIZERS:
-        raise ValueError(f"--kilo works with --optim {', '.join(KILO_OPTIMIZERS)}; got --optim {options.optim}")
-    if options.optim == "lbfgs":
-        lr = 1.0 if options.lr is None else options.lr
-        return BatchedLBFGS(model.parameters(), num_nets=model.num_nets, lr=lr, history_size=LBFGS_HISTORY)
-    return build_optimizer(options.optim, model, lr=options.lr)
-
-
-def field_bytes(num_tiles: int, points_per_tile: int, channels: int, options: FieldOptions) -> int:
-    """Rough training memory of ``num_tiles`` tiles at once: activations of one forward + backward, weights,
-    gradients and the optimizer's per-weight state (L-BFGS: its history)."""
-    hidden, layers = options.hidden, options.layers
-    weights = (layers - 1) * hidden * (hidden + 1) + 3 * (hidden + 1) + hidden * channels + channels
-    copies = 2 * LBFGS_HISTORY + 6 if options.optim == "lbfgs" else 4
-    activations = points_per_tile * hidden * layers * ACTIVATION_COPIES
-    return num_tiles * FLOAT_BYTES * (weights * copies + activations)
-
-
-def memory_available(device: torch.device) -> int:
-    """Bytes the device has in total (CUDA) or the machine's physical memory (CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_full_batch_fits(signal: Signal, hidden: int, layers: int, batch_size: int, device: torch.device) -> None:
-    """Refuse a full batch whose activations alone would exceed the device's memory, with the two ways out."""
-    if batch_size or signal.kind not in AXIS_NAMES:
-        return
-    needed = signal.num_samples * hidden * layers * ACTIVATION_COPIES * FLOAT_BYTES
-    available = memory_available(device)
-    if needed > available:
-        example = "16x16" if signal.kind == "image" else "4x8x8"
-        raise ValueError(
-            f"a full batch of {signal.num_samples:,} samples needs about {needed / 2**30:.0f} GiB for the "
-            f"{layers}x{hidden} field's activations, more than the {available / 2**30:.0f} GiB here; fit it in tiles "
-            f"with --kilo (e.g. --kilo {example}, one tiny MLP per tile) or in mini-batches with --batch-size 65536"
-        )
 
 
 def group_ids(num_tiles: int, group: int | None, device: torch.device) -> list[torch.Tensor]:
@@ -345,9 +261,12 @@ class KiloLoop:
         self,
         base: Signal,
         grid: TileGrid,
-        field: FieldOptions,
+        field: FieldConfig,
         options: LoopOptions,
         *,
+        optim: str = "lbfgs",
+        lr: float | None = None,
+        seed: int = 0,
         group: int | None = None,
         run_dir: RunDir | None = None,
         on_log: LogCallback | None = None,
@@ -356,30 +275,28 @@ class KiloLoop:
     ):
         if group is not None and group < 1:
             raise ValueError(f"--kilo-group must be >= 1 tiles, got {group}")
-        self.base, self.grid, self.field, self.options = base, grid, field, options
+        self.base, self.grid, self.options, self.optim, self.lr = base, grid, options, optim, lr
         self.device = base.targets.device
         self.groups = group_ids(grid.num_tiles, group, self.device)
-        needed = field_bytes(len(self.groups[0]), grid.points_per_tile, base.out_features, field)
-        if needed > memory_available(self.device):
-            raise ValueError(
-                f"training {len(self.groups[0])} tiles at once needs about {needed / 2**30:.1f} GiB, more than the "
-                f"{memory_available(self.device) / 2**30:.0f} GiB here; stream them with a smaller --kilo-group"
-            )
+        in_features = len(grid.shape)
+        check_tiles_fit(len(self.groups[0]), grid.points_per_tile, in_features, base.out_features, field, optim,
+                        self.device)  # fmt: skip
         self.run_dir, self.on_log, self.progress = run_dir, on_log, progress
         self.summary_extra = {
             "kilo": "x".join(map(str, grid.tiles)), "tiles": grid.num_tiles,
             "tile_shape": list(grid.tile_shape), "kilo_group": len(self.groups[0]), **(summary_extra or {}),
         }  # fmt: skip
-        self.initial = build_field(field, grid.num_tiles, len(grid.shape), base.out_features)
+        self.initial = initial_field(field, grid.num_tiles, in_features, base.out_features, seed)
         self._single: FitLoop | None = None
         if len(self.groups) == 1:
             self._single = self._group_loop(self.groups[0], run_dir=run_dir, on_log=on_log, progress=progress)
 
     def _group_loop(self, ids: torch.Tensor, **kwargs: Any) -> FitLoop:
         signal = KiloSignal(self.base, self.grid, ids)
-        model = select_nets(self.initial, ids, self.device)
+        model = self.initial.select(ids, self.device)
+        optimizer = build_optimizer(self.optim, model, batched=True, lr=self.lr)
         return FitLoop(
-            signal, model, build_optimizer_for(model, self.field), FullBatch(), self.options,
+            signal, model, optimizer, FullBatch(), self.options,
             predict=tiled_predict(model, self.options.eval_chunk), summary_extra=self.summary_extra, **kwargs,
         )  # fmt: skip
 
@@ -441,7 +358,7 @@ class KiloLoop:
             self.run_dir.save_checkpoint({"model": model, "step": step, "time_s": time_s, "closure_evals": closure_evals})
         if self.run_dir is not None:
             parameters = sum(v.numel() for part in weights for v in part.values())
-            self.run_dir.write_summary(self._summary(final, parameters))
+            self.run_dir.write_summary(run_summary(self.base, final, parameters, self.device, self.summary_extra))
         return final
 
     def _lookup(self, reconstruction: torch.Tensor) -> Predict:
@@ -449,39 +366,3 @@ class KiloLoop:
             return reconstruction if coords is self.base.coords else reconstruction[self.grid.rows_of(coords)]
 
         return predict
-
-    def _summary(self, outcome: FitOutcome, parameters: int) -> dict[str, Any]:
-        return {
-            "status": outcome.status, "signal": self.base.kind, "metric": self.base.metric, **outcome.final_metrics,
-            "steps": outcome.step, "time_s": round(outcome.time_s, 6), "closure_evals": outcome.closure_evals,
-            "parameters": parameters, "device": str(self.device), "diverged_at_step": outcome.diverged_at,
-            **self.summary_extra,
-        }  # fmt: skip
-
-
-def field_options(config: Any) -> FieldOptions:
-    """The per-tile field of an nf-fit ``FitConfig``."""
-    omega0 = config.omega0[0] if len(config.omega0) == 1 else tuple(config.omega0)
-    return FieldOptions(
-        hidden=config.hidden, layers=config.layers, activation=config.act, omega0=omega0, sigma=config.sigma,
-        wavelet_omega0=config.wavelet_omega0, wavelet_s0=config.wavelet_s0, pe_frequencies=config.pe_frequencies,
-        init=config.init, optim=config.optim, lr=config.lr, seed=config.seed,
-    )  # fmt: skip
-
-
-def check_config(config: Any) -> None:
-    """--kilo trains full batches per tile: refuse the sampler settings that cannot mean that."""
-    if config.sampler != "full" or config.batch_size:
-        raise ValueError(
-            "--kilo trains every tile on all its points (paper 1: 10k points per tile); drop --batch-size and "
-            "--sampler, or use fewer, larger tiles"
-        )
-    if config.compile:
-        raise ValueError("--compile does not apply to --kilo fields; drop --compile")
-
-
-def kilo_loop(config: Any, signal: Signal, options: LoopOptions, **kwargs: Any) -> KiloLoop:
-    """The ``KiloLoop`` a resolved nf-fit config with ``--kilo`` describes (``kwargs``: run_dir, on_log, ...)."""
-    check_config(config)
-    grid = make_grid(signal, config.kilo)
-    return KiloLoop(signal, grid, field_options(config), options, group=config.kilo_group, **kwargs)

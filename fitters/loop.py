@@ -8,6 +8,7 @@ the device is synchronised before each clock reading at a log point, so queued k
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import signal as os_signal
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from fitters.run_dir import RunDir
-from fitters.signal import Predict, Signal
+from fitters.signals import Predict, Signal
 from nf_precond.optim import NonFiniteLossError, make_closure
 from nf_precond.sampling import Sampler
 
@@ -172,6 +173,7 @@ class FitLoop:
         self._last_logged_step = -1
         self._last_checkpoint_step: int | None = None
         self._last_checkpoint_wall = time.monotonic()
+        self._last_good_state: dict[str, Any] | None = None
         self._closure: Callable[[], torch.Tensor] | None = None
         self._closure_indices: torch.Tensor | None = None
         self._base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -261,6 +263,8 @@ class FitLoop:
     def _checkpoint(self) -> None:
         if self.run_dir is not None:
             self.run_dir.save_checkpoint(self.state_dict())
+        else:  # no run folder (nf-bench, library use): keep the last good state in memory for a roll-back
+            self._last_good_state = copy.deepcopy(self.state_dict())
         self._last_checkpoint_step = self.step
         self._last_checkpoint_wall = time.monotonic()
 
@@ -293,6 +297,8 @@ class FitLoop:
                     loss = self._train_step()
                 except NonFiniteLossError:
                     status, diverged_at = "diverged", self.step + 1
+                    self._sync()
+                    self.time_s += time.perf_counter() - segment_start
                     break
                 self.step += 1
                 bar.update(1)
@@ -333,21 +339,33 @@ class FitLoop:
         return outcome
 
     def _roll_back(self) -> None:
-        """Return to the last good checkpoint (on disk when there is a run dir) so outputs show a finite model."""
+        """Return to the last good checkpoint (on disk, or in memory without a run dir) so outputs show a finite
+        model; the training time spent reaching the divergence stays counted."""
+        time_s, closure_evals = self.time_s, self.closure_evals
         if self.run_dir is not None and self.run_dir.checkpoint_path.is_file():
             self.load_state_dict(self.run_dir.load_checkpoint(self.device))
+        elif self._last_good_state is not None:
+            self.load_state_dict(copy.deepcopy(self._last_good_state))
+        self.time_s, self.closure_evals = time_s, closure_evals
 
     def summary(self, outcome: FitOutcome) -> dict[str, Any]:
-        return {
-            "status": outcome.status,
-            "signal": self.signal.kind,
-            "metric": self.signal.metric,
-            **outcome.final_metrics,
-            "steps": outcome.step,
-            "time_s": round(outcome.time_s, 6),
-            "closure_evals": outcome.closure_evals,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "device": str(self.device),
-            "diverged_at_step": outcome.diverged_at,
-            **self.summary_extra,
-        }
+        parameters = sum(p.numel() for p in self.model.parameters())
+        return run_summary(self.signal, outcome, parameters, self.device, self.summary_extra)
+
+
+def run_summary(signal: Signal, outcome: FitOutcome, parameters: int, device: torch.device,
+                extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """summary.json of a run: how it ended, its final metrics, its cost, and the caller's ``extra`` settings."""
+    return {
+        "status": outcome.status,
+        "signal": signal.kind,
+        "metric": signal.metric,
+        **outcome.final_metrics,
+        "steps": outcome.step,
+        "time_s": round(outcome.time_s, 6),
+        "closure_evals": outcome.closure_evals,
+        "parameters": parameters,
+        "device": str(device),
+        "diverged_at_step": outcome.diverged_at,
+        **extra,
+    }

@@ -1,22 +1,19 @@
-"""The run directory of one fit (DESIGN.md, the run contract) and the atomic writes every output goes through.
+"""The run directory of one fit: what a run writes, and how a new, resumed or overwritten run treats the folder.
 
-Nothing is ever half-written: each file is written to a temporary name in the same folder and then moved into
-place with ``os.replace`` (atomic on POSIX), so a crash or Ctrl-C leaves either the old file or the new one.
-``metrics.jsonl`` is the exception by design: it grows one complete line per ``write`` call.
+Nothing is ever half-written: every file goes through ``nf_precond.atomic``. ``metrics.jsonl`` is the exception by
+design: it grows one complete line per ``write`` call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+
+from nf_precond.atomic import atomic_torch_save, atomic_write_text
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -28,36 +25,6 @@ RECONSTRUCTION_PREFIX = "reconstruction."
 
 class RunDirError(ValueError):
     """The output folder cannot be used as asked (exists without --overwrite, nothing to resume, ...)."""
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final`` (same suffix, so writers that go by extension work); on success it
-    replaces ``final`` atomically, on any error it is removed and ``final`` is left as it was."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{final.stem}-", suffix=final.suffix, dir=final.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        # mkstemp creates 0600; give the result the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def atomic_write_text(final: Path, text: str) -> None:
-    with atomic_path(final) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-
-
-def atomic_torch_save(obj: Any, final: Path) -> None:
-    with atomic_path(final) as temporary:
-        torch.save(obj, temporary)
 
 
 def to_plain(value: Any) -> Any:

@@ -9,8 +9,6 @@ runs, i.e. before training starts, with one line naming the folder, what is wron
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence, Type
@@ -27,7 +25,8 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.io import load_from_json
 
-from nerfstudio_plugin.scene import write_downscaled
+from nerfstudio_plugin.images import write_downscaled
+from nf_precond.atomic import atomic_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 """Image files an LLFF `images*/` folder may hold (any case); other files there are ignored."""
@@ -291,20 +290,14 @@ class LLFF(DataParser):
     def _write_downscaled(images: list[Path], scaled_folder: Path, factor: int) -> None:
         """Write every image shrunk by `factor` into a temp folder, then move it into place as one step."""
         try:
-            temp_folder = Path(tempfile.mkdtemp(dir=scaled_folder.parent, prefix=f".{scaled_folder.name}."))
+            with atomic_folder(scaled_folder) as temp_folder:
+                for path in images:
+                    write_downscaled(path, temp_folder / f"{path.stem}.png", factor)
         except OSError as error:
             raise DatasetLayoutError(
                 f"{scaled_folder.parent}: cannot write {scaled_folder.name}/ ({error}); make the folder writable "
                 f"or create {scaled_folder.name}/ with the images shrunk {factor}x"
-            )
-        try:
-            for path in images:
-                write_downscaled(path, temp_folder / f"{path.stem}.png", factor)
-            temp_folder.rename(scaled_folder)
-        except OSError:
-            shutil.rmtree(temp_folder, ignore_errors=True)
-            if not scaled_folder.is_dir():  # else another process wrote it first: use theirs
-                raise
+            ) from error
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -8,13 +8,19 @@ rendering around them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nf_precond.nn import BatchedMLP, CoordinateMLP
+from nf_precond.nn import BatchedMLP, CoordinateMLP, FieldConfig
+
+NERF_FIELD = FieldConfig(activation="gauss", layers=8, hidden=256, sigma=0.1)
+"""Paper 2's NeRF trunk: 8x256 Gaussian, σ 0.1 (as GaussNeRF)."""
+KILO_FIELD = FieldConfig(activation="sine", layers=2, hidden=32)
+"""Paper 1's KiloNeRF cell: a 2-layer, 32-wide sine MLP."""
 
 DENSITY_SHIFT = 1.0
 """Raw density outputs are shifted down by this before the softplus, so a fresh field starts mostly transparent
@@ -42,23 +48,15 @@ class RadianceField(nn.Module):
     direction) to the colour, as in NeRF, so density cannot depend on the view.
     """
 
-    def __init__(
-        self,
-        activation: str = "gauss",
-        layers: int = 8,
-        hidden: int = 256,
-        sigma: float = 0.1,
-        omega0: float = 30.0,
-        view_dependent: bool = True,
-    ) -> None:
+    def __init__(self, field: FieldConfig = NERF_FIELD, view_dependent: bool = True) -> None:
         super().__init__()
         self.view_dependent = view_dependent
-        trunk_out = 1 + hidden if view_dependent else 4
-        common = dict(hidden=hidden, activation=activation, sigma=sigma, omega0=omega0)
-        self.trunk = CoordinateMLP(3, trunk_out, layers=layers, **common)
+        trunk_out = 1 + field.hidden if view_dependent else 4
+        self.trunk = CoordinateMLP(3, trunk_out, field)
         # The head's inputs are features, not coordinates: a sine head uses ω0 = 1 (SIREN's hidden-layer scale).
-        head = {**common, "hidden": max(hidden // 2, 1), "omega0": 1.0 if activation == "sine" else omega0}
-        self.colour_head = CoordinateMLP(hidden + 3, 3, layers=1, **head) if view_dependent else None
+        head = dataclasses.replace(field, layers=1, hidden=max(field.hidden // 2, 1),
+                                   omega0=(1.0,) if field.activation == "sine" else field.omega0[:1])  # fmt: skip
+        self.colour_head = CoordinateMLP(field.hidden + 3, 3, head) if view_dependent else None
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor | None = None) -> FieldOutputs:
         """`positions` [..., 3] in [-1, 1]; `directions` [..., 3] unit vectors (needed when view-dependent)."""
@@ -91,21 +89,12 @@ class KiloRadianceField(nn.Module):
     32-wide sine MLPs).
     """
 
-    def __init__(
-        self,
-        resolution: int = 8,
-        layers: int = 2,
-        hidden: int = 32,
-        activation: str = "sine",
-        omega0: float = 30.0,
-        sigma: float = 0.1,
-    ) -> None:
+    def __init__(self, field: FieldConfig = KILO_FIELD, resolution: int = 8) -> None:
         super().__init__()
         if not (isinstance(resolution, int) and resolution >= 1):
             raise ValueError(f"KiloNeRF grid resolution must be an integer >= 1, got {resolution!r}")
         self.resolution = resolution
-        self.nets = BatchedMLP(resolution**3, 3, 4, hidden=hidden, layers=layers, activation=activation,
-                               omega0=omega0, sigma=sigma)  # fmt: skip
+        self.nets = BatchedMLP(resolution**3, 3, 4, field)
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor | None = None) -> FieldOutputs:
         """`positions` [..., 3] in [-1, 1]; `directions` is ignored (no view dependence)."""
@@ -131,4 +120,13 @@ class KiloRadianceField(nn.Module):
         return density_and_colour(raw.reshape(*positions.shape[:-1], 4))
 
 
-__all__ = ["DENSITY_SHIFT", "FieldOutputs", "KiloRadianceField", "RadianceField", "cell_indices", "density_and_colour"]
+__all__ = [
+    "DENSITY_SHIFT",
+    "KILO_FIELD",
+    "NERF_FIELD",
+    "FieldOutputs",
+    "KiloRadianceField",
+    "RadianceField",
+    "cell_indices",
+    "density_and_colour",
+]

@@ -24,7 +24,8 @@ from nerfstudio.model_components.scene_colliders import NearFarCollider
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
-from nerfstudio_plugin.fields import KiloRadianceField, RadianceField
+from nerfstudio_plugin.fields import NERF_FIELD, KiloRadianceField, RadianceField
+from nf_precond.nn import FieldConfig
 
 BOUNDS_MARGIN = (0.9, 1.25)
 """Near/far bounds from the data are z-depths; samples are placed by distance along unit ray directions, which is
@@ -44,18 +45,10 @@ class PreconditionedNeRFModelConfig(ModelConfig):
     """A single radiance field (coordinate MLP or KiloNeRF grid) rendered from uniform samples."""
 
     _target: Type = field(default_factory=lambda: PreconditionedNeRFModel)
-    field: Literal["mlp", "kilo"] = "mlp"
+    grid: Literal["mlp", "kilo"] = "mlp"
     """mlp: one coordinate MLP (Gaussian/sine NeRF, TinyNeRF); kilo: a grid of tiny MLPs (KiloNeRF)."""
-    activation: Literal["gauss", "sine", "wavelet", "relu-pe"] = "gauss"
-    """Hidden-layer activation (see nf_precond.nn.ACTIVATIONS)."""
-    layers: int = 8
-    """Activated hidden layers of the MLP (or of each KiloNeRF net)."""
-    hidden: int = 256
-    """Width of every hidden layer."""
-    sigma: float = 0.1
-    """Gaussian activation width σ (paper 2's NeRF: 0.1)."""
-    omega0: float = 30.0
-    """Sine activation frequency ω0."""
+    field: FieldConfig = NERF_FIELD
+    """The coordinate MLP (or each KiloNeRF net): paper 2's NeRF is 8x256 Gaussian, σ 0.1."""
     view_dependent: bool = True
     """Colour depends on the view direction through a small head (mlp field only; TinyNeRF and KiloNeRF: False)."""
     kilo_resolution: int = 8
@@ -89,14 +82,10 @@ class PreconditionedNeRFModel(Model):
         self.collider = NearFarCollider(near_plane=self.near, far_plane=self.far, reset_near_plane=False)
 
         config = self.config
-        if config.field == "kilo":
-            self.field = KiloRadianceField(resolution=config.kilo_resolution, layers=config.layers,
-                                           hidden=config.hidden, activation=config.activation, omega0=config.omega0,
-                                           sigma=config.sigma)  # fmt: skip
+        if config.grid == "kilo":
+            self.field = KiloRadianceField(config.field, resolution=config.kilo_resolution)
         else:
-            self.field = RadianceField(activation=config.activation, layers=config.layers, hidden=config.hidden,
-                                       sigma=config.sigma, omega0=config.omega0,
-                                       view_dependent=config.view_dependent)  # fmt: skip
+            self.field = RadianceField(config.field, view_dependent=config.view_dependent)
         self.sampler = UniformSampler(num_samples=config.num_samples, train_stratified=config.stratified)
         background = config.background_color
         if background == "auto":

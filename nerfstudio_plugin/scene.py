@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, Sequence
 
 import numpy as np
-from PIL import Image
+
+from nerfstudio_plugin.images import write_downscaled, write_png
+from nf_precond.atomic import atomic_path, atomic_write_text
 
 Vec3 = tuple[float, float, float]
 
@@ -289,47 +289,17 @@ def render_view(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Writing files (atomically: temp file in the same folder, then os.replace)
+# Writing files (atomically, through nf_precond.atomic)
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_png(path: Path, image: np.ndarray | Image.Image) -> None:
-    """Write a float [0, 1] (H, W, 3|4) array or a PIL image as an 8-bit PNG, atomically."""
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8))
-    _atomic_write(path, lambda file: image.save(file, format="PNG"))
-
-
 def write_json(path: Path, content: dict) -> None:
-    _atomic_write(path, lambda file: file.write(json.dumps(content, indent=2).encode()))
+    atomic_write_text(path, json.dumps(content, indent=2))
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda file: np.save(file, array))
-
-
-def downscaled_size(height: int, width: int, factor: float) -> tuple[int, int]:
-    """(height, width) of an image shrunk by `factor`, rounded like LLFF's percentage resize, at least 1 pixel."""
-    return max(1, round(height / factor)), max(1, round(width / factor))
-
-
-def write_downscaled(source: Path, destination: Path, factor: float) -> None:
-    """Write `source` shrunk by `factor` with a box filter (the mean of each block of pixels) to `destination`."""
-    with Image.open(source) as image:
-        height, width = downscaled_size(image.height, image.width, factor)
-        write_png(destination, image.resize((width, height), Image.Resampling.BOX))
+    with atomic_path(path) as temporary:
+        np.save(temporary, array)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ resume, eval, the viewer, `ns-eval`, `ns-render` and `ns-viewer` are nerfstudio'
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Literal, Tuple, Type
 
@@ -28,6 +26,7 @@ import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
 from nerfstudio_plugin.dataparsers import DatasetLayoutError
+from nf_precond.atomic import atomic_path
 from nf_precond.optim import make_closure
 
 
@@ -142,14 +141,8 @@ class ClosureTrainer(Trainer):
             "scalers": self.grad_scaler.state_dict(),
         })
         # The temp file lives beside the folder: nerfstudio's resume parses every file name inside it as a step.
-        handle, temp_name = tempfile.mkstemp(dir=self.checkpoint_dir.parent, prefix=".checkpoint-", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(state, temp_name)
-            os.replace(temp_name, path)
-        finally:
-            if os.path.exists(temp_name):
-                os.unlink(temp_name)
+        with atomic_path(path, temp_dir=self.checkpoint_dir.parent) as temporary:
+            torch.save(state, temporary)
         if self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("*.ckpt"):
                 if old != path:

@@ -3,16 +3,17 @@
 
 from nf_precond.nn.activations import ACTIVATIONS, FourierFeatures, GaborWavelet, Gaussian, Sine
 from nf_precond.nn.batched import BatchedMLP
-from nf_precond.nn.mlp import INITS, CoordinateMLP, MLPConfig
+from nf_precond.nn.mlp import INITS, ActivationName, CoordinateMLP, FieldConfig
 
 __all__ = [
     "ACTIVATIONS",
+    "ActivationName",
     "INITS",
     "BatchedMLP",
     "CoordinateMLP",
+    "FieldConfig",
     "FourierFeatures",
     "GaborWavelet",
     "Gaussian",
-    "MLPConfig",
     "Sine",
 ]

@@ -20,14 +20,10 @@ import math
 import torch
 from torch import nn
 
+from nf_precond.checks import require_positive
+
 ACTIVATIONS = ("sine", "gauss", "wavelet", "relu", "relu-pe")
-"""Names accepted by ``CoordinateMLP(activation=...)`` and ``BatchedMLP``."""
-
-
-def _require_positive(value: float, name: str, hint: str) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}; {hint}")
-    return float(value)
+"""Names accepted by ``FieldConfig(activation=...)``."""
 
 
 class Sine(nn.Module):
@@ -35,7 +31,7 @@ class Sine(nn.Module):
 
     def __init__(self, omega0: float = 30.0) -> None:
         super().__init__()
-        self.omega0 = _require_positive(omega0, "omega0", "SIREN uses 30 (3000 on the first layers for audio)")
+        self.omega0 = require_positive("omega0", omega0, finite=True, hint="SIREN uses 30 (3000 on the first layers for audio)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(self.omega0 * x)
@@ -49,7 +45,7 @@ class Gaussian(nn.Module):
 
     def __init__(self, sigma: float = 0.05) -> None:
         super().__init__()
-        self.sigma = _require_positive(sigma, "sigma", "paper 2 uses 0.05 for images, 0.09 occupancy, 0.1 NeRF")
+        self.sigma = require_positive("sigma", sigma, finite=True, hint="paper 2 uses 0.05 for images, 0.09 occupancy, 0.1 NeRF")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.exp(-0.5 * (x / self.sigma) ** 2)
@@ -63,8 +59,8 @@ class GaborWavelet(nn.Module):
 
     def __init__(self, omega0: float = 10.0, s0: float = 10.0) -> None:
         super().__init__()
-        self.omega0 = _require_positive(omega0, "wavelet_omega0", "WIRE and paper 2 use 10")
-        self.s0 = _require_positive(s0, "wavelet_s0", "WIRE and paper 2 use 10")
+        self.omega0 = require_positive("wavelet_omega0", omega0, finite=True, hint="WIRE and paper 2 use 10")
+        self.s0 = require_positive("wavelet_s0", s0, finite=True, hint="WIRE and paper 2 use 10")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cos(self.omega0 * x) * torch.exp(-((self.s0 * x) ** 2))

@@ -9,19 +9,17 @@ plain ``CoordinateMLP``: the reference twin the tests compare against.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
-
 import torch
 from torch import nn
 
-from nf_precond.nn.mlp import CoordinateMLP, MLPConfig, init_uniform_
+from nf_precond.nn.mlp import CoordinateMLP, FieldConfig, check_features, init_uniform_
 
 
 class BatchedMLP(nn.Module):
     """``x[N, P, in_features] -> [N, P, out_features]``: net ``n`` maps its own points ``x[n]``.
 
     ``weights[l]`` has shape ``[N, fan_in, fan_out]`` and ``biases[l]`` ``[N, 1, fan_out]``; every net is drawn from
-    the same initial distribution as a ``CoordinateMLP`` with the same keywords (see ``MLPConfig``).
+    the same initial distribution as a ``CoordinateMLP`` with the same ``FieldConfig``.
     """
 
     def __init__(
@@ -29,15 +27,7 @@ class BatchedMLP(nn.Module):
         num_nets: int,
         in_features: int,
         out_features: int,
-        hidden: int = 256,
-        layers: int = 4,
-        activation: str = "sine",
-        omega0: float | Sequence[float] = 30.0,
-        sigma: float = 0.05,
-        wavelet_omega0: float = 10.0,
-        wavelet_s0: float = 10.0,
-        pe_frequencies: int = 8,
-        init: str = "auto",
+        config: FieldConfig | None = None,
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -45,20 +35,18 @@ class BatchedMLP(nn.Module):
         super().__init__()
         if not (isinstance(num_nets, int) and num_nets >= 1):
             raise ValueError(f"num_nets must be an integer >= 1, got {num_nets!r}")
-        self.num_nets = num_nets
-        self.config = MLPConfig(
-            in_features, out_features, hidden, layers, activation, omega0, sigma, wavelet_omega0, wavelet_s0,
-            pe_frequencies, init,
-        )  # fmt: skip
-        encoding = self.config.encoding()
+        check_features(in_features, out_features)
+        self.num_nets, self.in_features, self.out_features = num_nets, in_features, out_features
+        self.config = config if config is not None else FieldConfig()
+        encoding = self.config.encoding(in_features)
         self.encoding = encoding.to(device=device) if encoding is not None else None
-        self.activations = nn.ModuleList(self.config.activation_module(index) for index in range(layers))
+        self.activations = nn.ModuleList(self.config.activation_module(index) for index in range(self.config.layers))
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for index, (fan_in, fan_out) in enumerate(self.config.layer_sizes()):
+        for index, (fan_in, fan_out) in enumerate(self.config.layer_sizes(in_features, out_features)):
             weight = torch.empty(num_nets, fan_in, fan_out, device=device, dtype=dtype)
             bias = torch.empty(num_nets, 1, fan_out, device=device, dtype=dtype)
-            init_uniform_(weight, bias, self.config.init_bounds(index))
+            init_uniform_(weight, bias, self.config.init_bounds(index, fan_in, fan_out))
             self.weights.append(nn.Parameter(weight))
             self.biases.append(nn.Parameter(bias))
 
@@ -67,12 +55,16 @@ class BatchedMLP(nn.Module):
         """Stack copies of ``nets`` (same architecture) into one ``BatchedMLP``, on the first net's device/dtype."""
         if len(nets) == 0:
             raise ValueError("from_nets needs at least one CoordinateMLP")
-        config = nets[0].config
+        first = nets[0]
         for index, net in enumerate(nets):
-            if net.config != config:
-                raise ValueError(f"net {index} has config {net.config} but net 0 has {config}; stack equal nets only")
-        first_weight = nets[0].linears[0].weight
-        batched = cls(len(nets), **asdict(config), device=first_weight.device, dtype=first_weight.dtype)
+            if (net.config, net.in_features, net.out_features) != (first.config, first.in_features, first.out_features):
+                raise ValueError(
+                    f"net {index} has config {net.config} ({net.in_features} -> {net.out_features}) but net 0 has "
+                    f"{first.config} ({first.in_features} -> {first.out_features}); stack equal nets only"
+                )
+        first_weight = first.linears[0].weight
+        batched = cls(len(nets), first.in_features, first.out_features, first.config, device=first_weight.device,
+                      dtype=first_weight.dtype)  # fmt: skip
         with torch.no_grad():
             for layer, (weight, bias) in enumerate(zip(batched.weights, batched.biases)):
                 weight.copy_(torch.stack([net.linears[layer].weight.t() for net in nets]))
@@ -83,25 +75,36 @@ class BatchedMLP(nn.Module):
         """A copy of net ``index`` as an independent ``CoordinateMLP`` (same device and dtype)."""
         if not -self.num_nets <= index < self.num_nets:
             raise IndexError(f"net index {index} out of range for {self.num_nets} nets")
-        single = CoordinateMLP.from_config(self.config, device=self.weights[0].device, dtype=self.weights[0].dtype)
+        single = CoordinateMLP(self.in_features, self.out_features, self.config, device=self.weights[0].device,
+                               dtype=self.weights[0].dtype)  # fmt: skip
         with torch.no_grad():
             for linear, weight, bias in zip(single.linears, self.weights, self.biases):
                 linear.weight.copy_(weight[index].t())
                 linear.bias.copy_(bias[index, 0])
         return single
 
+    def select(self, ids: torch.Tensor, device: torch.device | str | None = None) -> BatchedMLP:
+        """Nets ``ids`` as a ``BatchedMLP`` of their own (copies, on ``device``; default: this model's)."""
+        device = self.weights[0].device if device is None else device
+        subset = BatchedMLP(len(ids), self.in_features, self.out_features, self.config, device=device,
+                            dtype=self.weights[0].dtype)  # fmt: skip
+        with torch.no_grad():
+            for mine, theirs in zip(subset.parameters(), self.parameters()):
+                mine.copy_(theirs[ids.to(theirs.device)])
+        return subset
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x[N, ..., in_features] -> [N, ..., out_features]`` (the middle dimensions are flattened to P)."""
-        if x.dim() < 2 or x.shape[0] != self.num_nets or x.shape[-1] != self.config.in_features:
+        if x.dim() < 2 or x.shape[0] != self.num_nets or x.shape[-1] != self.in_features:
             raise ValueError(
-                f"BatchedMLP expects points shaped [{self.num_nets}, P, {self.config.in_features}] "
+                f"BatchedMLP expects points shaped [{self.num_nets}, P, {self.in_features}] "
                 f"(one row of points per net), got {list(x.shape)}"
             )
-        hidden = x.reshape(self.num_nets, -1, self.config.in_features)
+        hidden = x.reshape(self.num_nets, -1, self.in_features)
         if self.encoding is not None:
             hidden = self.encoding(hidden)
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             hidden = torch.baddbmm(bias, hidden, weight)
             if index < self.config.layers:
                 hidden = self.activations[index](hidden)
-        return hidden.reshape(*x.shape[:-1], self.config.out_features)
+        return hidden.reshape(*x.shape[:-1], self.out_features)

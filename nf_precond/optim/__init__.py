@@ -1,15 +1,16 @@
 """Optimizers for neural fields, all ``torch.optim.Optimizer`` subclasses driven by ``step(closure)``.
 
-``build_optimizer(name, model)`` is how fitters, benchmarks and the nerfstudio plugin create one by its CLI name;
-each name maps to a class and the papers' default hyperparameters (paper 2's supplementary for the stochastic
-optimizers, paper 1 for L-BFGS).
+``OPTIMIZERS`` is the one registry of optimizer names: ``build_optimizer(name, model, **overrides)`` is how fitters,
+Kilo tiles, benchmarks and the nerfstudio plugin create one. Each name maps to a class and the papers' default
+hyperparameters (paper 2's supplementary for the stochastic optimizers, paper 1 for L-BFGS).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 
@@ -17,25 +18,41 @@ from nf_precond.optim._common import NonFiniteLossError
 from nf_precond.optim.closure import make_closure, needs_graph
 
 
+BuildFrom = Literal["parameters", "model", "nets"]
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """Where an optimizer class lives and the defaults a user gets from ``--optim NAME``."""
+    """Where an optimizer class lives and the defaults a user gets from its registered name."""
 
     module: str
     cls: str
     defaults: dict[str, Any] = field(default_factory=dict)
-    takes_model: bool = False
-    """K-FAC hooks the model's Linear layers, so it is built from the model rather than its parameters."""
+    builds_from: BuildFrom = "parameters"
+    """What the class is constructed from: the parameters; the model (K-FAC hooks its Linear layers); or, for an
+    optimizer over the N stacked nets of a ``BatchedMLP``, the parameters and ``num_nets``."""
     full_batch: bool = False
     """Deterministic line-search methods (L-BFGS) want the full batch."""
+    batched: OptimizerSpec | None = None
+    """The optimizer that trains the N nets of a ``BatchedMLP`` at once, each exactly as if alone (Kilo tiles);
+    None = this one would couple the nets."""
 
     def load(self) -> type[torch.optim.Optimizer]:
         return getattr(importlib.import_module(self.module), self.cls)
 
+    @property
+    def lr(self) -> float | None:
+        return self.defaults.get("lr")
+
+
+def _per_element(spec: OptimizerSpec) -> OptimizerSpec:
+    """Element-wise optimizers (Adam, SGD) over stacked weights are exactly one optimizer per net."""
+    return replace(spec, batched=spec)
+
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "adam": OptimizerSpec("torch.optim", "Adam", {"lr": 1e-4}),
-    "sgd": OptimizerSpec("torch.optim", "SGD", {"lr": 1e-2, "momentum": 0.9}),
+    "adam": _per_element(OptimizerSpec("torch.optim", "Adam", {"lr": 1e-4})),
+    "sgd": _per_element(OptimizerSpec("torch.optim", "SGD", {"lr": 1e-2, "momentum": 0.9})),
     "esgd": OptimizerSpec("nf_precond.optim.esgd", "ESGD", {"lr": 0.15}),
     "esgd-max": OptimizerSpec("nf_precond.optim.esgd_max", "ESGDMax", {"lr": 0.15}),
     "adahessian-j": OptimizerSpec("nf_precond.optim.adahessian", "AdaHessian", {"lr": 0.15, "variant": "jacobi"}),
@@ -43,19 +60,64 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         "nf_precond.optim.adahessian", "AdaHessian", {"lr": 0.15, "variant": "equilibration"}
     ),
     "shampoo": OptimizerSpec("nf_precond.optim.shampoo", "Shampoo", {"lr": 0.1}),
-    "kfac": OptimizerSpec("nf_precond.optim.kfac", "KFAC", {"lr": 0.1, "damping": 0.01}, takes_model=True),
-    "lbfgs": OptimizerSpec("nf_precond.optim.lbfgs", "LBFGS", {"lr": 1.0}, full_batch=True),
+    "kfac": OptimizerSpec("nf_precond.optim.kfac", "KFAC", {"lr": 0.1, "damping": 0.01}, builds_from="model"),
+    "lbfgs": OptimizerSpec(
+        "nf_precond.optim.lbfgs",
+        "LBFGS",
+        {"lr": 1.0},
+        full_batch=True,
+        # 20 pairs per net, not 100: 2 * 20 + 4 copies of a 4x64 tile's 12.9k weights is 2.3 MB per tile.
+        batched=OptimizerSpec(
+            "nf_precond.optim.batched_lbfgs", "BatchedLBFGS", {"lr": 1.0, "history_size": 20}, builds_from="nets",
+            full_batch=True,
+        ),
+    ),
 }
 
+OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+"""The registered names as a type, so command lines offer exactly the keys of ``OPTIMIZERS``."""
 
-def build_optimizer(name: str, model: torch.nn.Module, **overrides: Any) -> torch.optim.Optimizer:
-    """Create the optimizer registered as ``name`` for ``model``; ``overrides`` replace the defaults (None = keep)."""
+
+def optimizer_spec(name: str, *, batched: bool = False) -> OptimizerSpec:
+    """The registered spec of ``name`` (its many-nets variant with ``batched``); one clear error otherwise."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     spec = OPTIMIZERS[name]
+    if not batched:
+        return spec
+    if spec.batched is None:
+        usable = ", ".join(key for key, value in OPTIMIZERS.items() if value.batched is not None)
+        raise ValueError(f"optimizer {name!r} would couple independent nets; for many nets at once use one of {usable}")
+    return spec.batched
+
+
+def build_optimizer(
+    name: str, model: torch.nn.Module | Iterable[torch.Tensor], *, batched: bool = False, **overrides: Any
+) -> torch.optim.Optimizer:
+    """Create the optimizer registered as ``name``; ``overrides`` replace the defaults (None = keep).
+
+    ``model`` is a module, or (for optimizers built from parameters) the parameters themselves, as nerfstudio hands
+    them over. ``batched=True`` builds the variant that trains every net of a ``BatchedMLP`` as if alone.
+    """
+    spec = optimizer_spec(name, batched=batched)
     kwargs = {**spec.defaults, **{k: v for k, v in overrides.items() if v is not None}}
-    target = model if spec.takes_model else model.parameters()
-    return spec.load()(target, **kwargs)
+    if spec.builds_from == "parameters":
+        params = model.parameters() if isinstance(model, torch.nn.Module) else model
+        return spec.load()(params, **kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"optimizer {name!r} is built from the model, not its parameters; pass the module")
+    if spec.builds_from == "model":
+        return spec.load()(model, **kwargs)
+    return spec.load()(model.parameters(), num_nets=model.num_nets, **kwargs)
 
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "make_closure", "needs_graph", "NonFiniteLossError"]
+__all__ = [
+    "OPTIMIZERS",
+    "NonFiniteLossError",
+    "OptimizerName",
+    "OptimizerSpec",
+    "build_optimizer",
+    "make_closure",
+    "needs_graph",
+    "optimizer_spec",
+]

@@ -1,4 +1,4 @@
-"""Checks shared by every optimizer in this package."""
+"""The non-finite loss check every optimizer in this package runs before it touches the parameters."""
 
 from __future__ import annotations
 
@@ -16,16 +16,3 @@ def check_finite_loss(loss: torch.Tensor, optimizer_name: str) -> None:
             f"{optimizer_name}: loss is {loss.detach().flatten()[:4].tolist()} (not finite); parameters were not "
             "updated. Lower the learning rate or check the data for NaN/inf."
         )
-
-
-def require_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """A clear ``ValueError`` for a hyperparameter outside its range."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-
-
-def require_in_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from nf_precond.optim.esgd import CurvatureOptimizer, require_power
+from nf_precond.checks import require_power
+from nf_precond.optim.curvature_optimizer import CurvatureOptimizer
 
 VARIANTS = ("jacobi", "equilibration")
 DEFAULT_HESSIAN_POWER = {"jacobi": 0.5, "equilibration": 1.0}
@@ -74,7 +75,7 @@ class AdaHessian(CurvatureOptimizer):
         state["exp_avg_curvature"].lerp_(sample, 1.0 - group["betas"][1])
 
     def _preconditioner(self, state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor:
-        mean = state["exp_avg_curvature"] / (1.0 - group["betas"][1] ** group["curvature_updates"])
+        mean = state["exp_avg_curvature"] / (1.0 - group["betas"][1] ** state["curvature_updates"])
         diagonal = mean.abs_() if group["variant"] == "jacobi" else mean.sqrt_()
         return diagonal.pow_(group["hessian_power"])
 

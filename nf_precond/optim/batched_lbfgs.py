@@ -42,7 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nf_precond.optim._common import NonFiniteLossError, check_finite_loss, require_positive
+from nf_precond.checks import require_positive
+from nf_precond.optim._common import NonFiniteLossError, check_finite_loss
 
 LINE_SEARCH_EVALS = 25
 """Most closure evaluations one line search may make (torch's strong-Wolfe search with max_ls = 24)."""

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-from nf_precond.optim.esgd import POWER_HINT, CurvatureOptimizer, require_power
+from nf_precond.checks import require_power
+from nf_precond.optim.curvature_optimizer import CurvatureOptimizer
+from nf_precond.optim.esgd import POWER_HINT
 
 
 class ESGDMax(CurvatureOptimizer):

@@ -46,7 +46,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from nf_precond.optim._common import check_finite_loss, require_in_unit_interval, require_positive
+from nf_precond.checks import require_in_unit_interval, require_positive
+from nf_precond.optim._common import check_finite_loss
 
 
 def with_bias_column(inputs: torch.Tensor, has_bias: bool) -> torch.Tensor:

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from nf_precond.optim._common import check_finite_loss, require_in_unit_interval, require_positive
+from nf_precond.checks import require_in_unit_interval, require_positive
+from nf_precond.optim._common import check_finite_loss
 
 
 def matrix_inverse_root(matrix: torch.Tensor, root: int, floor: float) -> torch.Tensor:

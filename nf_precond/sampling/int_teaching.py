@@ -65,23 +65,23 @@ def selection_size(ratio: float, num_samples: int) -> int:
 
 @dataclass
 class INTOptions:
-    """INT settings as ``nf-fit`` exposes them; None keeps the paper's default for the chosen schedule.
+    """INT settings (``nf-fit`` exposes each as ``--int-<field>``); None keeps the paper's default for the chosen schedule.
 
     The defaults are the paper's best strategy ("step-incremental", Table 1 last row, used for Table 2).
     """
 
     ratio: str = "step"
-    """``--int-ratio``: constant | step | cosine | rcosine."""
+    """constant | step | cosine | rcosine."""
     interval: str = "incremental"
-    """``--int-interval``: dense | incremental | decremental."""
+    """dense | incremental | decremental."""
     ratio_start: float | None = None
-    """``--int-ratio-start``: fraction selected at the first step (the constant schedule's fraction)."""
+    """fraction selected at the first step (the constant schedule's fraction)."""
     ratio_end: float | None = None
-    """``--int-ratio-end``: fraction selected at the last step (step, cosine, rcosine)."""
+    """fraction selected at the last step (step, cosine, rcosine)."""
     stages: int | None = None
-    """``--int-stages``: equal-length stages of the stepped schedules (paper: 10)."""
+    """equal-length stages of the stepped schedules (paper: 10)."""
     max_interval: int | None = None
-    """``--int-max-interval``: the largest reselection interval, in steps (paper: 90; 10 for megapixel images)."""
+    """the largest reselection interval, in steps (paper: 90; 10 for megapixel images)."""
 
 
 class INTSampler(Sampler):
@@ -109,7 +109,7 @@ class INTSampler(Sampler):
         self._reselected = False
         self._changed = False
         self._select_s = 0.0
-        self._reselections = 0  # running totals over the run (kept across --resume)
+        self._reselections = 0  # running totals over the run (kept across a resume)
         self._select_total_s = 0.0
 
     @classmethod
@@ -185,7 +185,7 @@ class INTSampler(Sampler):
         if state["num_samples"] != self.num_samples:
             raise ValueError(
                 f"the checkpoint's INT state covers {state['num_samples']} samples but this signal has "
-                f"{self.num_samples}; resume with the same signal and --signal options"
+                f"{self.num_samples}; resume with the same signal and signal options"
             )
         indices = state["indices"]
         self._indices = None if indices is None else indices.to(self.device)

@@ -17,12 +17,13 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-RATIO_FLAG = "--int-ratio"
-RATIO_START_FLAG = "--int-ratio-start"
-RATIO_END_FLAG = "--int-ratio-end"
-STAGES_FLAG = "--int-stages"
-INTERVAL_FLAG = "--int-interval"
-MAX_INTERVAL_FLAG = "--int-max-interval"
+# Errors name the ``INTOptions`` field a value came from; front ends map ``INTOptions.X`` to their own flag.
+RATIO_FLAG = "INTOptions.ratio"
+RATIO_START_FLAG = "INTOptions.ratio_start"
+RATIO_END_FLAG = "INTOptions.ratio_end"
+STAGES_FLAG = "INTOptions.stages"
+INTERVAL_FLAG = "INTOptions.interval"
+MAX_INTERVAL_FLAG = "INTOptions.max_interval"
 
 
 class RatioSchedule(Protocol):
@@ -246,9 +247,9 @@ INTERVAL_SCHEDULES: dict[str, type] = {
 def make_ratio_schedule(
     name: str, start: float | None = None, end: float | None = None, num_stages: int | None = None
 ) -> RatioSchedule:
-    """The ratio schedule ``--int-ratio NAME``; arguments left as None keep the paper's defaults for that schedule.
+    """The ratio schedule ``INTOptions.ratio``; arguments left as None keep the paper's defaults for that schedule.
 
-    ``start`` is the constant schedule's value. ``num_stages`` (``--int-stages``, shared with the interval
+    ``start`` is the constant schedule's value. ``num_stages`` (``INTOptions.stages``, shared with the interval
     schedule) applies only to ``step``; the others have no stages and ignore it.
     """
     if name not in RATIO_SCHEDULES:
@@ -265,9 +266,9 @@ def make_ratio_schedule(
 def make_interval_schedule(
     name: str, max_interval: int | None = None, num_stages: int | None = None
 ) -> IntervalSchedule:
-    """The interval schedule ``--int-interval NAME``; arguments left as None keep the paper's defaults.
+    """The interval schedule ``INTOptions.interval``; arguments left as None keep the paper's defaults.
 
-    ``num_stages`` (``--int-stages``, shared with the ratio schedule) is ignored by ``dense``, which has no stages.
+    ``num_stages`` (``INTOptions.stages``, shared with the ratio schedule) is ignored by ``dense``, which has no stages.
     """
     if name not in INTERVAL_SCHEDULES:
         raise ValueError(f"{INTERVAL_FLAG} must be one of {', '.join(INTERVAL_SCHEDULES)}; got {name!r}")

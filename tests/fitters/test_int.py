@@ -15,13 +15,14 @@ import yaml
 from skimage import data
 
 from fitters.bench import BenchConfig, RunSpec, parse_optims, run_config
-from fitters.cli import build_components, loop_options, main
+from fitters.build import build_components, loop_options
+from fitters.cli.fit import main
 from fitters.config import FitConfig, load_preset, resolve
-from fitters.image import ImageSignal
+from fitters.signals.image import ImageSignal
 from fitters.loop import FitLoop, LoopOptions, per_sample_errors
 from fitters.run_dir import RunDir
-from fitters.occupancy import OccupancySignal
-from nf_precond.nn import CoordinateMLP
+from fitters.signals.occupancy import OccupancySignal
+from nf_precond.nn import CoordinateMLP, FieldConfig
 from nf_precond.optim import build_optimizer, make_closure
 from nf_precond.sampling import ConstantRatio, DenseInterval, FullBatch, INTOptions, INTSampler, StepRatio, top_k_indices
 from nf_precond.sampling.int_teaching import selection_size
@@ -36,7 +37,7 @@ def tiny_signal() -> ImageSignal:
 
 def tiny_model(out_features: int = 3) -> CoordinateMLP:
     torch.manual_seed(0)
-    return CoordinateMLP(2, out_features, hidden=16, layers=2, activation="sine")
+    return CoordinateMLP(2, out_features, FieldConfig(hidden=16, layers=2, activation="sine"))
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +189,7 @@ def test_full_batch_lbfgs_in_the_loop_matches_one_persistent_closure() -> None:
 @pytest.mark.parametrize("policy, resets_expected", [("reset", True), ("keep", False)])
 def test_lbfgs_on_reselect(photo_path: Path, policy: str, resets_expected: bool) -> None:
     config = resolve(FitConfig(path=photo_path, out=Path("unused"), optim="lbfgs", sampler="int", steps=12,
-                               hidden=16, layers=2, int_max_interval=3, lbfgs_on_reselect=policy, log_every=12))
+                               field=FieldConfig(hidden=16, layers=2), int_max_interval=3, lbfgs_on_reselect=policy, log_every=12))
     signal = tiny_signal()
     model, optimizer, sampler = build_components(config, signal)
     assert isinstance(sampler, INTSampler) and loop_options(config).reset_on_new_selection == resets_expected
@@ -214,7 +215,7 @@ def test_lbfgs_on_reselect(photo_path: Path, policy: str, resets_expected: bool)
 @pytest.mark.slow
 def test_int_with_esgd_trains(photo_path: Path) -> None:
     config = resolve(FitConfig(path=photo_path, out=Path("unused"), optim="esgd", sampler="int", steps=30,
-                               hidden=16, layers=2, int_max_interval=3, log_every=30))
+                               field=FieldConfig(hidden=16, layers=2), int_max_interval=3, log_every=30))
     signal = tiny_signal()
     model, optimizer, sampler = build_components(config, signal)
     outcome = FitLoop(signal, model, optimizer, sampler, loop_options(config)).run()

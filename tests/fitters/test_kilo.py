@@ -13,13 +13,14 @@ import torch
 from skimage import data
 
 from fitters import kilo
-from fitters.image import ImageSignal, pixel_grid
-from fitters.kilo import KiloLoop, KiloSignal, TileGrid, make_grid, select_nets, tiled_predict
+from fitters.signals.image import ImageSignal, pixel_grid
+from fitters.kilo import KiloLoop, KiloSignal, TileGrid, initial_field, make_grid, tiled_predict
 from fitters.loop import LoopOptions
-from fitters.media import grid_coordinates
+from fitters.signals.media import grid_coordinates
 from fitters.run_dir import RunDir
-from fitters.video import VideoSignal
-from nf_precond.nn import BatchedMLP
+from fitters.signals.video import VideoSignal
+from nf_precond.nn import BatchedMLP, FieldConfig
+from nf_precond.optim import OPTIMIZERS
 from nf_precond.optim.lbfgs import LBFGS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,7 +76,7 @@ def test_stitched_output_equals_each_tiles_own_net(tiles: str) -> None:
     pixels = photo(10, 8)
     signal = KiloSignal(ImageSignal(pixels), make_grid(ImageSignal(pixels), tiles))
     grid = signal.grid
-    model = BatchedMLP(grid.num_tiles, 2, 3, hidden=8, layers=2)
+    model = BatchedMLP(grid.num_tiles, 2, 3, FieldConfig(hidden=8, layers=2))
     stitched = signal.stitched_predict(tiled_predict(model, chunk=7))(signal.base.coords).numpy().reshape(10, 8, 3)
     local = grid.local_coords()
     th, tw = grid.tile_shape
@@ -92,7 +93,7 @@ def tile_loop_lbfgs(signal: KiloSignal, initial: BatchedMLP, steps: int) -> list
     finals = []
     for index in range(signal.grid.num_tiles):
         net = initial.net(index)
-        optimizer = LBFGS(net.parameters(), lr=1.0, history_size=kilo.LBFGS_HISTORY)
+        optimizer = LBFGS(net.parameters(), lr=1.0, history_size=OPTIMIZERS["lbfgs"].batched.defaults["history_size"])
         coords, target = signal.coords[index], signal.targets[index]
 
         def closure() -> torch.Tensor:
@@ -111,9 +112,9 @@ def test_batched_lbfgs_over_tiles_matches_a_per_tile_loop() -> None:
     pixels = photo(12, 10, channels=1)
     base = ImageSignal(pixels)
     grid = make_grid(base, "2x2")  # 6x5 tiles
-    field = kilo.FieldOptions(hidden=8, layers=2, optim="lbfgs", seed=3)
-    loop = KiloLoop(base, grid, field, LoopOptions(steps=6, log_every=6))
-    expected = tile_loop_lbfgs(KiloSignal(base, grid), kilo.build_field(field, grid.num_tiles, 2, 1), steps=6)
+    field = FieldConfig(hidden=8, layers=2)
+    loop = KiloLoop(base, grid, field, LoopOptions(steps=6, log_every=6), optim="lbfgs", seed=3)
+    expected = tile_loop_lbfgs(KiloSignal(base, grid), initial_field(field, grid.num_tiles, 2, 1, seed=3), steps=6)
     loop.run()
     model = loop._single.model
     for index, flat in enumerate(expected):
@@ -124,12 +125,12 @@ def test_batched_lbfgs_over_tiles_matches_a_per_tile_loop() -> None:
 def test_grouped_streaming_equals_all_at_once(tmp_path: Path) -> None:
     base = ImageSignal(photo(11, 9))  # 3x2 tiles of 4x5 with padding on both axes
     grid = make_grid(base, "3x2")
-    field = kilo.FieldOptions(hidden=8, layers=2, optim="lbfgs")
+    field = FieldConfig(hidden=8, layers=2)
     outputs = {}
     for name, group in (("all", None), ("groups", 4)):
         run_dir = RunDir(tmp_path / name)
         run_dir.prepare(resume=False)
-        loop = KiloLoop(base, grid, field, LoopOptions(steps=5, log_every=5), group=group, run_dir=run_dir)
+        loop = KiloLoop(base, grid, field, LoopOptions(steps=5, log_every=5), optim="lbfgs", group=group, run_dir=run_dir)
         outcome = loop.run()
         outputs[name] = (outcome, iio.imread(run_dir.path / "reconstruction.png"), run_dir.load_checkpoint(torch.device("cpu")))
     (all_outcome, all_image, all_state), (group_outcome, group_image, group_state) = outputs["all"], outputs["groups"]
@@ -144,9 +145,9 @@ def test_grouped_streaming_equals_all_at_once(tmp_path: Path) -> None:
     assert {r.get("group") for r in records} == {0, 1, None}  # the last record scores the whole image
 
 
-def test_select_nets_copies_the_chosen_nets() -> None:
-    model = BatchedMLP(5, 2, 1, hidden=4, layers=2)
-    chosen = select_nets(model, torch.tensor([3, 1]), torch.device("cpu"))
+def test_select_copies_the_chosen_nets() -> None:
+    model = BatchedMLP(5, 2, 1, FieldConfig(hidden=4, layers=2))
+    chosen = model.select(torch.tensor([3, 1]))
     points = torch.rand(2, 6, 2)
     with torch.no_grad():
         torch.testing.assert_close(chosen(points)[0], model.net(3)(points[0]))

@@ -11,10 +11,10 @@ import pytest
 import torch
 from skimage import data
 
-from fitters.image import ImageSignal
+from fitters.signals.image import ImageSignal
 from fitters.loop import FitLoop, LoopOptions, cosine_lr, per_sample_errors
 from fitters.run_dir import RunDir
-from nf_precond.nn import CoordinateMLP
+from nf_precond.nn import CoordinateMLP, FieldConfig
 from nf_precond.optim import NonFiniteLossError, build_optimizer
 from nf_precond.sampling import FullBatch, RandomBatches, Sampler
 
@@ -28,7 +28,7 @@ def tiny_signal() -> ImageSignal:
 
 def tiny_model(seed: int = 0) -> CoordinateMLP:
     torch.manual_seed(seed)
-    return CoordinateMLP(2, 1, hidden=16, layers=2, activation="sine")
+    return CoordinateMLP(2, 1, FieldConfig(hidden=16, layers=2, activation="sine"))
 
 
 def make_loop(steps: int, *, optim: str = "adam", lr: float = 1e-3, sampler: Sampler | None = None, **kwargs) -> FitLoop:
@@ -144,7 +144,37 @@ def test_optimizer_nonfinite_error_counts_as_divergence() -> None:
 
     loop.optimizer.step = failing_step
     outcome = loop.run()
-    assert outcome.status == "diverged" and outcome.diverged_at == 4 and outcome.step == 3
+    # No run folder: rolled back to the in-memory checkpoint of step 0 (the only one in a sub-second run).
+    assert outcome.status == "diverged" and outcome.diverged_at == 4 and outcome.step == 0
+
+
+def test_divergence_without_run_dir_rolls_back_and_counts_the_cut_time() -> None:
+    """nf-bench runs have no run folder: a diverged run must still end on its last good weights (not NaN ones), and
+    the training time up to the failing step stays counted."""
+    options = LoopOptions(steps=10, log_every=1, checkpoint_every=2)
+    loop = make_loop(10, lr=1e-3, options=options)
+    snapshots: dict[int, list[torch.Tensor]] = {}
+    loop.on_log = lambda record, preview: snapshots.__setitem__(
+        record["step"], [p.detach().clone() for p in loop.model.parameters()]
+    )
+    original_step = loop.optimizer.step
+
+    def poisoned_step(closure):
+        if loop.step == 4:  # the fifth step: corrupt the weights as a diverging lr would, then fail
+            with torch.no_grad():
+                for param in loop.model.parameters():
+                    param.fill_(float("nan"))
+            time.sleep(0.05)
+            raise NonFiniteLossError("loss is nan")
+        return original_step(closure)
+
+    loop.optimizer.step = poisoned_step
+    outcome = loop.run()
+    assert outcome.status == "diverged" and outcome.diverged_at == 5 and outcome.step == 4
+    for param, saved in zip(loop.model.parameters(), snapshots[4]):
+        torch.testing.assert_close(param, saved)
+    assert np.isfinite(outcome.final_metrics["psnr"])
+    assert outcome.time_s >= outcome.history[-1]["time_s"] + 0.05
 
 
 @pytest.mark.parametrize("optim, batch", [("adam", 64), ("sgd", 0)])

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fitters.run_dir import atomic_path, atomic_write_text
+from nf_precond.atomic import atomic_path, atomic_write_text
 
 
 def test_atomic_write_gets_umask_permissions(tmp_path):

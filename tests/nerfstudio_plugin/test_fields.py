@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nerfstudio_plugin.fields import KiloRadianceField, RadianceField, cell_indices
+from nf_precond.nn import FieldConfig  # noqa: E402
 
 
 def test_cell_indices_route_points_to_their_cell_and_local_coordinates() -> None:
@@ -23,7 +24,7 @@ def test_cell_indices_route_points_to_their_cell_and_local_coordinates() -> None
 @pytest.mark.parametrize("activation", ["sine", "gauss"])
 def test_kilo_field_matches_per_point_twin(activation: str) -> None:
     torch.manual_seed(0)
-    field = KiloRadianceField(resolution=3, layers=2, hidden=8, activation=activation).double()
+    field = KiloRadianceField(FieldConfig(layers=2, hidden=8, activation=activation), resolution=3).double()
     # Uneven occupancy: many points in one corner, a few elsewhere, some cells empty.
     points = torch.cat([torch.rand(40, 3) * 0.3 - 1.0, torch.rand(17, 3) * 2 - 1]).double().reshape(3, 19, 3)
     fast, reference = field(points), field.reference_forward(points)
@@ -34,7 +35,7 @@ def test_kilo_field_matches_per_point_twin(activation: str) -> None:
 
 def test_kilo_field_gradients_reach_only_occupied_cells() -> None:
     torch.manual_seed(0)
-    field = KiloRadianceField(resolution=2, layers=2, hidden=8)
+    field = KiloRadianceField(FieldConfig(layers=2, hidden=8), resolution=2)
     points = torch.tensor([[-0.5, -0.5, -0.5], [-0.4, -0.6, -0.5]])  # both in cell 0
     output = field(points)
     (output.density.sum() + output.rgb.sum()).backward()
@@ -44,7 +45,7 @@ def test_kilo_field_gradients_reach_only_occupied_cells() -> None:
 
 def test_radiance_field_ranges_and_view_dependence() -> None:
     torch.manual_seed(0)
-    field = RadianceField(activation="gauss", layers=2, hidden=16, sigma=0.1, view_dependent=True)
+    field = RadianceField(FieldConfig(activation="gauss", layers=2, hidden=16, sigma=0.1), view_dependent=True)
     positions = torch.rand(5, 7, 3) * 2 - 1
     directions = torch.nn.functional.normalize(torch.randn(5, 7, 3), dim=-1)
     output = field(positions, directions)
@@ -59,6 +60,6 @@ def test_radiance_field_ranges_and_view_dependence() -> None:
 
 def test_radiance_field_without_view_dependence_ignores_directions() -> None:
     torch.manual_seed(0)
-    field = RadianceField(activation="gauss", layers=4, hidden=16, view_dependent=False)
+    field = RadianceField(FieldConfig(activation="gauss", layers=4, hidden=16), view_dependent=False)
     positions = torch.rand(6, 3) * 2 - 1
     torch.testing.assert_close(field(positions).rgb, field(positions, torch.randn(6, 3)).rgb)

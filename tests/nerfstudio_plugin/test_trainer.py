@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -11,26 +12,25 @@ import torch
 
 pytest.importorskip("nerfstudio")
 
-from nerfstudio.engine.optimizers import AdamOptimizerConfig  # noqa: E402
 
 from nerfstudio_plugin.methods import configure  # noqa: E402
-from nerfstudio_plugin.optimizers import ESGDOptimizerConfig, LBFGSOptimizerConfig  # noqa: E402
+from nerfstudio_plugin.optimizers import RegistryOptimizerConfig  # noqa: E402
 from nerfstudio_plugin.trainer import ClosureTrainer  # noqa: E402
 from nf_precond.optim import make_closure  # noqa: E402
 
 pytestmark = pytest.mark.nerfstudio
 
 OPTIMIZERS = {
-    "esgd": lambda: ESGDOptimizerConfig(lr=0.05, warmup=1, update_every=2),
-    "lbfgs": lambda: LBFGSOptimizerConfig(history_size=5),
-    "adam": lambda: AdamOptimizerConfig(lr=1e-3, eps=1e-8),
+    "esgd": lambda: RegistryOptimizerConfig(name="esgd", lr=0.05, overrides={"warmup": 1, "update_every": 2}),
+    "lbfgs": lambda: RegistryOptimizerConfig(name="lbfgs", overrides={"history_size": 5}),
+    "adam": lambda: RegistryOptimizerConfig(name="adam", lr=1e-3),
 }
 
 
 def tiny_trainer(data: Path, output_dir: Path, optimizer_name: str, stratified: bool = False) -> ClosureTrainer:
     """TinyNeRF-shaped model (2x16 Gaussian) on 32 rays x 8 samples; no scheduler, so the lr stays fixed."""
     config = configure("tinynerf-lbfgs", data, output_dir, rays=32, samples=8, iterations=2)
-    config.pipeline.model.layers, config.pipeline.model.hidden = 2, 16
+    config.pipeline.model.field = dataclasses.replace(config.pipeline.model.field, layers=2, hidden=16)
     config.pipeline.model.stratified = stratified
     config.optimizers = {"fields": {"optimizer": OPTIMIZERS[optimizer_name](), "scheduler": None}}
     config.set_timestamp()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nf_precond import curvature
-from nf_precond.nn import ACTIVATIONS, CoordinateMLP
+from nf_precond.nn import ACTIVATIONS, CoordinateMLP, FieldConfig
 
 ACTIVATION_KWARGS = {"gauss": {"sigma": 0.5}, "relu-pe": {"pe_frequencies": 2}}
 
@@ -15,8 +15,7 @@ ACTIVATION_KWARGS = {"gauss": {"sigma": 0.5}, "relu-pe": {"pe_frequencies": 2}}
 def _tiny_field(activation: str) -> tuple[torch.nn.Module, curvature.LossFn]:
     """A 2-layer, width-5 field of ``activation`` (float64) fitting 16 random points, and its MSE loss: small
     enough for a dense Hessian."""
-    model = CoordinateMLP(2, 1, hidden=5, layers=2, activation=activation, dtype=torch.float64,
-                          **ACTIVATION_KWARGS.get(activation, {}))  # fmt: skip
+    model = CoordinateMLP(2, 1, FieldConfig(hidden=5, layers=2, activation=activation, **ACTIVATION_KWARGS.get(activation, {})), dtype=torch.float64)  # fmt: skip
     coords = torch.rand(16, 2, dtype=torch.float64) * 2 - 1
     targets = torch.rand(16, 1, dtype=torch.float64)
     model.points = (coords, targets)  # for tests that rebuild the loss functionally

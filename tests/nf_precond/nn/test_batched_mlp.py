@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from nf_precond.nn import ACTIVATIONS, BatchedMLP, CoordinateMLP
+from nf_precond.nn import ACTIVATIONS, BatchedMLP, CoordinateMLP, FieldConfig
 
 NUM_NETS = 5
 KWARGS = {"hidden": 8, "layers": 3, "omega0": [30.0, 10.0, 3.0], "sigma": 0.3, "pe_frequencies": 3}
 
 
 def _batched(activation: str) -> BatchedMLP:
-    return BatchedMLP(NUM_NETS, 2, 3, activation=activation, dtype=torch.float64, **KWARGS)
+    return BatchedMLP(NUM_NETS, 2, 3, FieldConfig(activation=activation, **KWARGS), dtype=torch.float64)
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +66,7 @@ def test_hessian_vector_products_match_loop_over_nets(activation: str) -> None:
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_from_nets_round_trips(activation: str) -> None:
-    nets = [CoordinateMLP(2, 3, activation=activation, **KWARGS).double() for _ in range(3)]
+    nets = [CoordinateMLP(2, 3, FieldConfig(activation=activation, **KWARGS)).double() for _ in range(3)]
     batched = BatchedMLP.from_nets(nets)
     assert batched.num_nets == 3 and batched.config == nets[0].config
     assert batched.weights[0].dtype == torch.float64
@@ -80,7 +80,7 @@ def test_from_nets_round_trips(activation: str) -> None:
 
 
 def test_from_nets_rejects_different_architectures() -> None:
-    nets = [CoordinateMLP(2, 3, hidden=8, layers=2), CoordinateMLP(2, 3, hidden=16, layers=2)]
+    nets = [CoordinateMLP(2, 3, FieldConfig(hidden=8, layers=2)), CoordinateMLP(2, 3, FieldConfig(hidden=16, layers=2))]
     with pytest.raises(ValueError, match="net 1 has config"):
         BatchedMLP.from_nets(nets)
     with pytest.raises(ValueError, match="at least one"):
@@ -90,10 +90,10 @@ def test_from_nets_rejects_different_architectures() -> None:
 @pytest.mark.parametrize(("activation", "init"), [("sine", "auto"), ("gauss", "auto"), ("relu", "kaiming")])
 def test_each_net_has_coordinate_mlp_init_distribution(activation: str, init: str) -> None:
     """Every net's layer fills the same ±bound as a CoordinateMLP's, and the nets differ from each other."""
-    batched = BatchedMLP(200, 2, 3, hidden=32, layers=2, activation=activation, init=init)
-    reference = CoordinateMLP(2, 3, hidden=32, layers=2, activation=activation, init=init)
+    batched = BatchedMLP(200, 2, 3, FieldConfig(hidden=32, layers=2, activation=activation, init=init))
+    reference = CoordinateMLP(2, 3, FieldConfig(hidden=32, layers=2, activation=activation, init=init))
     for layer, linear in enumerate(reference.linears):
-        weight_bound, bias_bound = reference.config.init_bounds(layer)
+        weight_bound, bias_bound = reference.config.init_bounds(layer, linear.in_features, linear.out_features)
         weights, biases = batched.weights[layer].detach(), batched.biases[layer].detach()
         assert weights.shape == (200, linear.in_features, linear.out_features)
         assert biases.shape == (200, 1, linear.out_features)
@@ -110,7 +110,7 @@ def test_each_net_has_coordinate_mlp_init_distribution(activation: str, init: st
 
 
 def test_forward_flattens_middle_dimensions() -> None:
-    batched = BatchedMLP(4, 3, 2, hidden=8, layers=2, activation="gauss")
+    batched = BatchedMLP(4, 3, 2, FieldConfig(hidden=8, layers=2, activation="gauss"))
     coords = torch.rand(4, 5, 6, 3)
     out = batched(coords)
     assert out.shape == (4, 5, 6, 2)
@@ -119,7 +119,7 @@ def test_forward_flattens_middle_dimensions() -> None:
 
 @pytest.mark.parametrize("shape", [(3, 10, 2), (4, 10, 3), (4,)])
 def test_bad_point_shapes_raise(shape: tuple[int, ...]) -> None:
-    batched = BatchedMLP(4, 2, 1, hidden=8, layers=2)
+    batched = BatchedMLP(4, 2, 1, FieldConfig(hidden=8, layers=2))
     with pytest.raises(ValueError, match=r"expects points shaped \[4, P, 2\]"):
         batched(torch.rand(*shape))
 
@@ -127,16 +127,18 @@ def test_bad_point_shapes_raise(shape: tuple[int, ...]) -> None:
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="num_nets"):
         BatchedMLP(0, 2, 1)
-    with pytest.raises(ValueError, match="omega0 has 1 values"):
-        BatchedMLP(4, 2, 1, layers=2, omega0=[30.0])
+    with pytest.raises(ValueError, match="omega0 has 3 values"):
+        BatchedMLP(4, 2, 1, FieldConfig(layers=2, omega0=[30.0, 30.0, 30.0]))
+    with pytest.raises(ValueError, match="in_features"):
+        BatchedMLP(4, 0, 1)
     with pytest.raises(IndexError):
-        BatchedMLP(4, 2, 1, hidden=8, layers=2).net(4)
+        BatchedMLP(4, 2, 1, FieldConfig(hidden=8, layers=2)).net(4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_cuda_matches_cpu_twin(activation: str) -> None:
-    batched = BatchedMLP(3, 2, 3, hidden=8, layers=2, activation=activation, device="cuda")
+    batched = BatchedMLP(3, 2, 3, FieldConfig(hidden=8, layers=2, activation=activation), device="cuda")
     coords = torch.rand(3, 7, 2, device="cuda")
     out = batched(coords)
     assert out.device.type == "cuda" and batched.net(1).linears[0].weight.device.type == "cuda"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from nf_precond.nn import ACTIVATIONS, CoordinateMLP, FourierFeatures, GaborWavelet, Gaussian, Sine
+from nf_precond.nn import ACTIVATIONS, CoordinateMLP, FieldConfig, FourierFeatures, GaborWavelet, Gaussian, Sine
 
 ACTIVATION_TYPES = {"sine": Sine, "gauss": Gaussian, "wavelet": GaborWavelet, "relu": nn.ReLU, "relu-pe": nn.ReLU}
 
@@ -39,7 +39,7 @@ def _manual_forward(model: CoordinateMLP, coords: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_architecture_counts_activated_hidden_layers(activation: str) -> None:
-    model = CoordinateMLP(2, 3, hidden=16, layers=4, activation=activation, pe_frequencies=5)
+    model = CoordinateMLP(2, 3, FieldConfig(hidden=16, layers=4, activation=activation, pe_frequencies=5))
     linears = model.linears
     first_in = 2 * 5 * 2 if activation == "relu-pe" else 2
     assert [(l.in_features, l.out_features) for l in linears] == [(first_in, 16), (16, 16), (16, 16), (16, 16), (16, 3)]
@@ -55,9 +55,7 @@ def test_architecture_counts_activated_hidden_layers(activation: str) -> None:
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("leading", [(7,), (2, 5), ()])
 def test_forward_matches_formula_and_keeps_leading_shape(activation: str, leading: tuple[int, ...]) -> None:
-    model = CoordinateMLP(
-        3, 2, hidden=8, layers=3, activation=activation, omega0=[20.0, 5.0, 1.0], sigma=0.3, pe_frequencies=3
-    ).double()
+    model = CoordinateMLP(3, 2, FieldConfig(hidden=8, layers=3, activation=activation, omega0=[20.0, 5.0, 1.0], sigma=0.3, pe_frequencies=3)).double()
     coords = torch.rand(*leading, 3, dtype=torch.float64) * 2 - 1
     out = model(coords)
     assert out.shape == (*leading, 2)
@@ -66,10 +64,10 @@ def test_forward_matches_formula_and_keeps_leading_shape(activation: str, leadin
 
 def test_per_layer_omega0_is_honoured() -> None:
     omegas = [3000.0, 3000.0, 30.0, 30.0]
-    model = CoordinateMLP(1, 1, hidden=8, layers=4, omega0=omegas)
+    model = CoordinateMLP(1, 1, FieldConfig(hidden=8, layers=4, omega0=omegas))
     assert [m.omega0 for m in model.net if isinstance(m, Sine)] == omegas
     assert model.config.omega0 == tuple(omegas)
-    single = CoordinateMLP(1, 1, hidden=8, layers=3, omega0=12.0)
+    single = CoordinateMLP(1, 1, FieldConfig(hidden=8, layers=3, omega0=12.0))
     assert [m.omega0 for m in single.net if isinstance(m, Sine)] == [12.0, 12.0, 12.0]
 
 
@@ -82,7 +80,7 @@ def _assert_uniform_bound(tensor: torch.Tensor, bound: float) -> None:
 
 def test_siren_init_bounds_use_each_layers_omega0() -> None:
     omegas = [3000.0, 300.0, 30.0]
-    model = CoordinateMLP(2, 3, hidden=128, layers=3, activation="sine", omega0=omegas)
+    model = CoordinateMLP(2, 3, FieldConfig(hidden=128, layers=3, activation="sine", omega0=omegas))
     first, *hidden, last = model.linears
     _assert_uniform_bound(first.weight, 1.0 / 2)
     for linear, omega in zip(hidden, omegas[1:]):
@@ -103,7 +101,7 @@ def test_siren_init_bounds_use_each_layers_omega0() -> None:
     ],
 )
 def test_other_init_bounds(activation: str, init: str, weight_bound: Any, bias_zero: bool) -> None:
-    model = CoordinateMLP(2, 64, hidden=128, layers=2, activation=activation, init=init)
+    model = CoordinateMLP(2, 64, FieldConfig(hidden=128, layers=2, activation=activation, init=init))
     for linear in model.linears:
         _assert_uniform_bound(linear.weight, weight_bound(linear.in_features, linear.out_features))
         if bias_zero:
@@ -118,8 +116,8 @@ def test_other_init_bounds(activation: str, init: str, weight_bound: Any, bias_z
         ({"activation": "tanh"}, "unknown activation 'tanh'"),
         ({"omega0": [30.0, 30.0]}, "omega0 has 2 values but the network has 4 hidden layers"),
         ({"omega0": [30.0, 30.0, -1.0, 30.0]}, "omega0 values must be positive"),
-        ({"activation": "gauss", "sigma": 0.0}, "sigma must be a positive number"),
-        ({"activation": "gauss", "sigma": -0.05}, "sigma must be a positive number"),
+        ({"activation": "gauss", "sigma": 0.0}, "sigma must be a finite number > 0"),
+        ({"activation": "gauss", "sigma": -0.05}, "sigma must be a finite number > 0"),
         ({"activation": "wavelet", "wavelet_s0": 0.0}, "wavelet_s0"),
         ({"activation": "relu-pe", "pe_frequencies": 0}, "pe_frequencies"),
         ({"init": "orthogonal"}, "unknown init 'orthogonal'"),
@@ -129,11 +127,11 @@ def test_other_init_bounds(activation: str, init: str, weight_bound: Any, bias_z
 )
 def test_bad_arguments_raise_clear_errors(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        CoordinateMLP(2, 3, **{"hidden": 8, "layers": 4, **kwargs})
+        CoordinateMLP(2, 3, FieldConfig(**{"hidden": 8, "layers": 4, **kwargs}))
 
 
 def test_wrong_coordinate_dimension_raises() -> None:
-    model = CoordinateMLP(2, 3, hidden=8, layers=2)
+    model = CoordinateMLP(2, 3, FieldConfig(hidden=8, layers=2))
     with pytest.raises(ValueError, match=r"expects 2"):
         model(torch.rand(10, 3))
 
@@ -141,9 +139,7 @@ def test_wrong_coordinate_dimension_raises() -> None:
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_hessian_vector_product_matches_finite_differences(activation: str) -> None:
     """Double backward through every activation agrees with central differences of the gradient."""
-    model = CoordinateMLP(
-        2, 1, hidden=6, layers=2, activation=activation, sigma=0.5, omega0=3.0, pe_frequencies=2
-    ).double()
+    model = CoordinateMLP(2, 1, FieldConfig(hidden=6, layers=2, activation=activation, sigma=0.5, omega0=3.0, pe_frequencies=2)).double()
     coords = torch.rand(16, 2, dtype=torch.float64) * 2 - 1
     targets = torch.rand(16, 1, dtype=torch.float64)
     params = list(model.parameters())
@@ -175,5 +171,5 @@ def test_hessian_vector_product_matches_finite_differences(activation: str) -> N
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_builds_and_runs_on_cuda(activation: str) -> None:
-    model = CoordinateMLP(2, 3, hidden=8, layers=2, activation=activation, device="cuda")
+    model = CoordinateMLP(2, 3, FieldConfig(hidden=8, layers=2, activation=activation), device="cuda")
     assert model(torch.rand(5, 2, device="cuda")).device.type == "cuda"

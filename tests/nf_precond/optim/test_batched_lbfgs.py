@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from nf_precond.nn import BatchedMLP
+from nf_precond.nn import BatchedMLP, FieldConfig
 from nf_precond.optim import NonFiniteLossError, make_closure
 from nf_precond.optim.batched_lbfgs import BatchedLBFGS
 from nf_precond.optim.lbfgs import LBFGS
@@ -63,7 +63,7 @@ def test_batched_sine_mlps_on_different_photo_crops_follow_separate_runs(camera_
     crops = torch.stack([targets[offset : offset + 96] for offset in (0, 400, 800)])
     points = coords[:96].expand(3, -1, -1)
     torch.manual_seed(0)
-    model = BatchedMLP(3, 2, 1, hidden=16, layers=2, dtype=F64)
+    model = BatchedMLP(3, 2, 1, FieldConfig(hidden=16, layers=2), dtype=F64)
     singles = [model.net(n) for n in range(3)]
     steps = 10
 

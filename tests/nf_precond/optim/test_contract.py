@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from nf_precond.nn import CoordinateMLP
+from nf_precond.nn import CoordinateMLP, FieldConfig
 from nf_precond.optim import OPTIMIZERS, NonFiniteLossError, build_optimizer, make_closure
 
 OURS = [name for name, spec in OPTIMIZERS.items() if spec.module.startswith("nf_precond")]
@@ -16,7 +16,7 @@ OURS = [name for name, spec in OPTIMIZERS.items() if spec.module.startswith("nf_
 
 def _field(activation: str) -> CoordinateMLP:
     kwargs = {"sigma": 0.1} if activation == "gauss" else {}
-    return CoordinateMLP(2, 1, hidden=32, layers=2, activation=activation, **kwargs)
+    return CoordinateMLP(2, 1, FieldConfig(hidden=32, layers=2, activation=activation, **kwargs))
 
 
 def _run(model, optimizer, coords, targets, steps: int) -> list[float]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.optim.lbfgs import _cubic_interpolate, _strong_wolfe
 
-from nf_precond.nn import CoordinateMLP
+from nf_precond.nn import CoordinateMLP, FieldConfig
 from nf_precond.optim import NonFiniteLossError, make_closure
 from nf_precond.optim.batched_lbfgs import CurvatureHistory, cubic_minimizer, strong_wolfe_search
 from nf_precond.optim.lbfgs import LBFGS
@@ -248,7 +248,7 @@ def test_rosenbrock_reaches_the_minimum_like_torch(dtype):
 
 def _sine_field(dtype: torch.dtype) -> CoordinateMLP:
     torch.manual_seed(0)
-    return CoordinateMLP(2, 1, hidden=32, layers=2, dtype=dtype)
+    return CoordinateMLP(2, 1, FieldConfig(hidden=32, layers=2), dtype=dtype)
 
 
 def _mse(model, coords, targets):

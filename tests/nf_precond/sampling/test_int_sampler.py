@@ -288,9 +288,9 @@ def test_from_options_defaults_to_the_papers_step_incremental_strategy():
     sampler = INTSampler.from_options(INTOptions(), num_samples=10, total_steps=5000)
     assert sampler.ratio_schedule == StepRatio()
     assert sampler.interval_schedule == IncrementalInterval()
-    with pytest.raises(ValueError, match="--int-interval"):
+    with pytest.raises(ValueError, match="INTOptions.interval"):
         INTSampler.from_options(INTOptions(interval="sometimes"), num_samples=10, total_steps=5000)
-    with pytest.raises(ValueError, match="--int-ratio-start"):
+    with pytest.raises(ValueError, match="INTOptions.ratio_start"):
         INTSampler.from_options(INTOptions(ratio_start=2.0), num_samples=10, total_steps=5000)
 
 

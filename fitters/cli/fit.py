@@ -1,4 +1,4 @@
-"""``nf-fit PATH``: fit one signal file with one optimizer and write the run directory (DESIGN.md, run contract).
+"""``nf-fit PATH``: fit one signal file with one optimizer and write the run directory.
 
 Bad input ends with one ``nf-fit: error: ...`` line on stderr and a non-zero exit status, never a traceback:
 2 = unusable input or flags, 3 = the loss diverged (the last good checkpoint is kept), 130 = interrupted (Ctrl-C;
@@ -16,86 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import tyro
 
-from fitters.config import (
-    FitConfig,
-    apply_threads,
-    int_options,
-    load_preset,
-    omega0_argument,
-    resolve,
-    resolve_device,
-    to_dict,
-    with_log_interval,
-)
-from fitters.kilo import KiloLoop, check_config, check_full_batch_fits, kilo_loop, make_grid
-from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions
+from fitters.build import build_loop, check_fits, loop_options
+from fitters.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, run_cli
+from fitters.config import FitConfig, apply_threads, load_preset, resolve, resolve_device, to_dict, with_log_interval
+from fitters.loop import FitOutcome, LogCallback
 from fitters.run_dir import CONFIG, RunDir
-from fitters.signal import Signal
-from fitters.signals import load_signal
-from nf_precond.nn import CoordinateMLP
-from nf_precond.optim import OPTIMIZERS, build_optimizer, needs_graph
-from nf_precond.sampling import FullBatch, INTSampler, RandomBatches, Sampler
+from fitters.signals import Signal, load_signal
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 PREVIEW_INTERVAL_S = 0.5
 """At most two viewer previews per second: rendering the whole field is an evaluation pass."""
 PREVIEW_COST_FACTOR = 20.0
 """After a preview that took d seconds, wait at least this many times d: previews cost at most ~5 % of wall time."""
-
-
-def build_components(config: FitConfig, signal: Signal) -> tuple[torch.nn.Module, torch.optim.Optimizer, Sampler]:
-    """The field, optimizer and sampler a resolved config describes, on the signal's device, seeded."""
-    device = signal.coords.device
-    torch.manual_seed(config.seed)
-    model = CoordinateMLP(
-        signal.in_features,
-        signal.out_features,
-        hidden=config.hidden,
-        layers=config.layers,
-        activation=config.act,
-        omega0=omega0_argument(config),
-        sigma=config.sigma,
-        wavelet_omega0=config.wavelet_omega0,
-        wavelet_s0=config.wavelet_s0,
-        pe_frequencies=config.pe_frequencies,
-        init=config.init,
-    ).to(device)
-    optimizer = build_optimizer(config.optim, model, lr=config.lr)
-    if config.compile:
-        if needs_graph(optimizer) or config.optim not in ("adam", "sgd", "lbfgs"):
-            raise ValueError(
-                f"--compile cannot be used with --optim {config.optim}: compiled fields have no double backward "
-                "(curvature estimates need it); drop --compile"
-            )
-        model.compile()
-    return model, optimizer, build_sampler(config, signal)
-
-
-def build_sampler(config: FitConfig, signal: Signal) -> Sampler:
-    """The resolved config's --sampler over the signal's samples (a batch as large as the signal is the full batch)."""
-    device = signal.coords.device
-    if config.sampler == "int":
-        return INTSampler.from_options(int_options(config), signal.num_samples, config.steps, device)
-    if config.sampler == "full" or config.batch_size >= signal.num_samples:
-        return FullBatch()
-    return RandomBatches(signal.num_samples, config.batch_size, device=device, seed=config.seed)
-
-
-def loop_options(config: FitConfig) -> LoopOptions:
-    return LoopOptions(
-        steps=config.steps,
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every,
-        time_budget=config.time_budget,
-        target=config.target,
-        eval_chunk=config.eval_chunk,
-        reset_on_new_selection=OPTIMIZERS[config.optim].full_batch and config.lbfgs_on_reselect == "reset",
-        lr_schedule=config.lr_schedule,
-        lr_min=config.lr_min,
-    )
 
 
 def parse_config(argv: Sequence[str]) -> FitConfig:
@@ -112,27 +45,6 @@ def parse_config(argv: Sequence[str]) -> FitConfig:
     elif known.config is not None:
         default = load_preset(known.config)
     return tyro.cli(FitConfig, args=list(argv), default=default, prog="nf-fit")
-
-
-def check_fits(config: FitConfig, signal: Signal) -> None:
-    """Refuse, before any work, a run whose settings cannot fit ``signal``: the full-batch memory guard, or tiles
-    that the signal cannot take."""
-    if config.kilo is None and config.kilo_group is not None:
-        raise ValueError(f"--kilo-group {config.kilo_group} applies only to --kilo; add --kilo TILES or drop it")
-    if config.kilo is None:
-        check_full_batch_fits(signal, config.hidden, config.layers, config.batch_size, signal.coords.device)
-    else:
-        check_config(config)
-        make_grid(signal, config.kilo)
-
-
-def build_loop(config: FitConfig, signal: Signal, options: LoopOptions, **kwargs: Any) -> FitLoop | KiloLoop:
-    """The loop a resolved config describes: all tiles at once with --kilo, else one field, its optimizer and
-    sampler (``kwargs``: run_dir, on_log, progress, summary_extra)."""
-    if config.kilo is not None:
-        return kilo_loop(config, signal, options, **kwargs)
-    model, optimizer, sampler = build_components(config, signal)
-    return FitLoop(signal, model, optimizer, sampler, options, **kwargs)
 
 
 def viewer_callback(config: FitConfig, signal: Signal) -> tuple[Any, LogCallback]:
@@ -204,7 +116,7 @@ def explain(outcome: FitOutcome, config: FitConfig, run_dir: RunDir) -> tuple[in
     writes one, and a run streamed with --kilo-group writes one only after its last group."""
     kept_checkpoint = run_dir.checkpoint_path.is_file()
     if outcome.status == "diverged":
-        lr = config.lr if config.lr is not None else OPTIMIZERS[config.optim].defaults.get("lr")
+        lr = config.lr
         advice = (
             f"loss became NaN/inf at step {outcome.diverged_at} with --optim {config.optim} --lr {lr:g}; "
             f"lower --lr (e.g. --lr {lr / 10:g})."
@@ -228,17 +140,9 @@ def explain(outcome: FitOutcome, config: FitConfig, run_dir: RunDir) -> tuple[in
     return 0, None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        config = parse_config(argv)
-        outcome, run_dir, config = run(config)
-    except ValueError as error:  # SignalError, RunDirError and config errors: one line, no traceback
-        print(f"nf-fit: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("nf-fit: interrupted; if the run folder has a checkpoint.pt, --resume continues from it", file=sys.stderr)
-        return EXIT_INTERRUPTED
+def fit(argv: list[str]) -> int:
+    config = parse_config(argv)
+    outcome, run_dir, config = run(config)
     code, message = explain(outcome, config, run_dir)
     if message is not None:
         print(f"nf-fit: {'error: ' if code == EXIT_DIVERGED else ''}{message}", file=sys.stderr)
@@ -246,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = ", ".join(f"{key} {value:.4g}" for key, value in outcome.final_metrics.items())
     print(f"nf-fit: {outcome.status} at step {outcome.step} ({outcome.time_s:.1f} s): {summary}; wrote {run_dir.path}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("nf-fit", fit, argv,
+                   interrupted="interrupted; if the run folder has a checkpoint.pt, --resume continues from it")  # fmt: skip
 
 
 if __name__ == "__main__":

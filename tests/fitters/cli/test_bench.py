@@ -10,8 +10,9 @@ import pytest
 from skimage import data
 
 from fitters import metrics
-from fitters.bench import analyse, main, parse_optims
-from fitters.cli import main as fit_main
+from fitters.bench import analyse, parse_optims
+from fitters.cli.bench import main
+from fitters.cli.fit import main as fit_main
 
 # Two synthetic curves whose crossings are easy to compute by hand.
 SLOW = [{"step": s, "time_s": 2.0 * s, "psnr": 10.0 + s} for s in range(0, 21)]  # 30 dB at step 20, t = 40 s

@@ -1,25 +1,29 @@
-"""Which signal module reads a file, chosen by its suffix; modules are imported only when a file needs them."""
+"""Signals: what a file becomes for the fit loop (``base.Signal``), and which module reads it (``load_signal``).
+
+One module per kind (``image``, ``audio``, ``video``, ``occupancy``), chosen by the file's suffix and imported only
+when a file needs it; ``media`` holds the shared decoding and grid helpers.
+"""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-from fitters.signal import Signal, SignalError, SignalOptions
+from fitters.signals.base import Predict, Signal, SignalError, SignalOptions
 
 SIGNAL_MODULES: dict[str, str] = {
-    ".png": "fitters.image",
-    ".jpg": "fitters.image",
-    ".jpeg": "fitters.image",
-    ".wav": "fitters.audio",
-    ".flac": "fitters.audio",
-    ".mp4": "fitters.video",
-    ".avi": "fitters.video",
-    ".mov": "fitters.video",
-    ".obj": "fitters.occupancy",
-    ".ply": "fitters.occupancy",
-    ".off": "fitters.occupancy",
-    ".stl": "fitters.occupancy",
+    ".png": "fitters.signals.image",
+    ".jpg": "fitters.signals.image",
+    ".jpeg": "fitters.signals.image",
+    ".wav": "fitters.signals.audio",
+    ".flac": "fitters.signals.audio",
+    ".mp4": "fitters.signals.video",
+    ".avi": "fitters.signals.video",
+    ".mov": "fitters.signals.video",
+    ".obj": "fitters.signals.occupancy",
+    ".ply": "fitters.signals.occupancy",
+    ".off": "fitters.signals.occupancy",
+    ".stl": "fitters.signals.occupancy",
 }
 
 
@@ -39,3 +43,6 @@ def load_signal(path: Path, options: SignalOptions | None = None) -> Signal:
     except ModuleNotFoundError as error:
         raise SignalError(f"{path}: {module_name} is not available in this installation ({error})") from error
     return module.load(path, options or SignalOptions())
+
+
+__all__ = ["SIGNAL_MODULES", "Predict", "Signal", "SignalError", "SignalOptions", "load_signal"]

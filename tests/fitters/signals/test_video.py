@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fitters.signal import SignalError, SignalOptions
-from fitters.video import VideoSignal, load
+from fitters.signals import SignalError, SignalOptions
+from fitters.signals.video import VideoSignal, load
 
-BIKES = Path(__file__).parents[1] / "data" / "bikes.mp4"
+BIKES = Path(__file__).parents[2] / "data" / "bikes.mp4"
 
 
 def decode(path: Path) -> tuple[np.ndarray, float]:
@@ -119,10 +119,10 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path, make, options: SignalOp
 
 
 @pytest.mark.parametrize(
-    "preset", sorted((Path(__file__).parents[2] / "configs" / "video").glob("*.yaml")), ids=lambda p: p.name
+    "preset", sorted((Path(__file__).parents[3] / "configs" / "video").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
-    from fitters.cli import parse_config
+    from fitters.cli.fit import parse_config
     from fitters.config import resolve
 
     argv = [str(BIKES), "--config", str(preset), "--out", str(tmp_path), "--signal.frames", "0", "2"]

@@ -14,9 +14,11 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from fitters import curvature_cli
-from fitters.curvature_cli import CurvatureConfig, NetworkSpec, analyse, check_sizes, hessian_bytes, parameter_count
-from nf_precond.nn import CoordinateMLP
+from fitters import curvature
+from fitters.cli import EXIT_USAGE
+from fitters.cli import curvature as curvature_cli
+from fitters.curvature import CurvatureConfig, NetworkSpec, analyse, check_sizes, hessian_bytes, parameter_count
+from nf_precond.nn import CoordinateMLP, FieldConfig
 
 
 @pytest.fixture
@@ -45,8 +47,8 @@ def reference_eigenvalues(model: torch.nn.Module, coords: torch.Tensor, targets:
 @pytest.mark.parametrize("activation", ["sine", "gauss", "wavelet", "relu", "relu-pe"])
 def test_spectrum_matches_autograd_hessian(activation: str, camera_crop: tuple[torch.Tensor, torch.Tensor]) -> None:
     coords, targets = (t[::8].double() for t in camera_crop)
-    init = curvature_cli.resolve_init("paper", activation)
-    model = CoordinateMLP(2, 1, hidden=5, layers=2, activation=activation, init=init, pe_frequencies=2).double()
+    init = curvature.resolve_init("paper", activation)
+    model = CoordinateMLP(2, 1, FieldConfig(hidden=5, layers=2, activation=activation, init=init, pe_frequencies=2)).double()
     loss_fn = lambda: torch.nn.functional.mse_loss(model(coords), targets)  # noqa: E731
     window = 0.05
     measured = analyse(loss_fn, list(model.parameters()), epsilon=1e-6, window=window, hvp_atol=0.0, generator=None)
@@ -58,13 +60,13 @@ def test_spectrum_matches_autograd_hessian(activation: str, camera_crop: tuple[t
     torch.testing.assert_close(measured["largest_abs"], float(magnitudes.max()), rtol=1e-7, atol=1e-12)
     torch.testing.assert_close(measured["smallest_abs"], float(magnitudes.min()), rtol=1e-5, atol=1e-12)
     assert measured["zero_fraction"] == float((magnitudes <= 1e-6).double().mean())
-    counts, _ = np.histogram(expected.numpy(), bins=np.linspace(-window, window, curvature_cli.HISTOGRAM_BINS + 1))
+    counts, _ = np.histogram(expected.numpy(), bins=np.linspace(-window, window, curvature.HISTOGRAM_BINS + 1))
     assert measured["histogram"] == counts.tolist()
 
 
 def test_default_tolerance_is_the_numerical_rank_rule() -> None:
     eigenvalues = torch.tensor([-2.0, 1e-20, 3e-16, 1e-3, 4.0], dtype=torch.float64)
-    statistics = curvature_cli.spectrum_statistics(eigenvalues, epsilon=None, window=0.01)
+    statistics = curvature.spectrum_statistics(eigenvalues, epsilon=None, window=0.01)
     tolerance = 5 * torch.finfo(torch.float64).eps * 4.0
     assert statistics["epsilon"] == tolerance
     assert statistics["zero_fraction"] == 2 / 5  # 1e-20 and 3e-16 are below 5 · 2.2e-16 · 4
@@ -79,7 +81,7 @@ def test_relu_has_zero_eigenvalues_and_sine_none_on_a_photo(crop_png: Path, tmp_
         crop_png, out=tmp_path / "out", activations=("sine", "relu"), shapes=("3x8",), iterations=2, every=2,
         size=(32, 32), max_hessian_gb=1.0,
     )  # fmt: skip
-    report = curvature_cli.run(config, [], progress=False)
+    report = curvature.run(config, [], progress=False)
     by_activation = {network["activation"]: network for network in report["networks"]}
     sine, relu = by_activation["sine"], by_activation["relu"]
     assert [s["iteration"] for s in sine["snapshots"]] == [0, 2]
@@ -104,7 +106,7 @@ def test_size_guard_names_the_largest_width_that_fits() -> None:
 
 def test_parameter_count_matches_the_model() -> None:
     for activation in ("sine", "relu-pe"):
-        model = CoordinateMLP(3, 4, hidden=7, layers=3, activation=activation)
+        model = CoordinateMLP(3, 4, FieldConfig(hidden=7, layers=3, activation=activation))
         expected = sum(p.numel() for p in model.parameters())
         assert parameter_count(NetworkSpec(activation, 3, 7, "default"), 3, 4) == expected
 
@@ -140,12 +142,12 @@ def test_cli_bad_input_is_one_line(
     extra: list[str], message: str, crop_png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "results"
-    assert curvature_cli.main([str(crop_png), "--out", str(out), *extra]) == curvature_cli.EXIT_USAGE
+    assert curvature_cli.main([str(crop_png), "--out", str(out), *extra]) == EXIT_USAGE
     error = capsys.readouterr().err.strip()
     assert error.startswith("nf-curvature: error:") and message in error and "\n" not in error
     assert not out.exists()
 
 
 def test_cli_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert curvature_cli.main([str(tmp_path / "nope.png")]) == curvature_cli.EXIT_USAGE
+    assert curvature_cli.main([str(tmp_path / "nope.png")]) == EXIT_USAGE
     assert "no such file" in capsys.readouterr().err

@@ -11,8 +11,8 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from fitters import image
-from fitters.signal import SignalError, SignalOptions
+from fitters.signals import image
+from fitters.signals import SignalError, SignalOptions
 from fitters.signals import load_signal
 
 

@@ -9,10 +9,10 @@ import pytest
 import soundfile
 import torch
 
-from fitters.audio import AudioSignal, load
-from fitters.signal import SignalError, SignalOptions
+from fitters.signals.audio import AudioSignal, load
+from fitters.signals import SignalError, SignalOptions
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[2] / "data"
 MONO = DATA / "front_center.wav"
 STEREO = DATA / "front_stereo.wav"
 
@@ -129,10 +129,10 @@ def test_options_that_do_not_apply_are_rejected(options: SignalOptions, message:
 
 
 @pytest.mark.parametrize(
-    "preset", sorted((Path(__file__).parents[2] / "configs" / "audio").glob("*.yaml")), ids=lambda p: p.name
+    "preset", sorted((Path(__file__).parents[3] / "configs" / "audio").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
-    from fitters.cli import parse_config
+    from fitters.cli.fit import parse_config
     from fitters.config import resolve
 
     config = resolve(parse_config([str(MONO), "--config", str(preset), "--out", str(tmp_path)]))

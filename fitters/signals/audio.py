@@ -13,9 +13,9 @@ import torch
 from torchmetrics.functional.audio import signal_noise_ratio
 
 from fitters import metrics
-from fitters.media import grid_coordinates, render_figure
-from fitters.run_dir import atomic_path
-from fitters.signal import Predict, Signal, SignalError, SignalOptions
+from fitters.signals.media import grid_coordinates, render_figure
+from nf_precond.atomic import atomic_path
+from fitters.signals import Predict, Signal, SignalError, SignalOptions
 
 RECONSTRUCTION_NAME = "reconstruction.wav"
 PREVIEW_POINTS = 4000

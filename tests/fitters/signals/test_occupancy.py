@@ -11,11 +11,11 @@ import pytest
 import torch
 import trimesh
 
-from fitters.occupancy import OccupancySignal, load
-from fitters.signal import SignalError, SignalOptions
-from nf_precond.nn import CoordinateMLP
+from fitters.signals.occupancy import OccupancySignal, load
+from fitters.signals import SignalError, SignalOptions
+from nf_precond.nn import CoordinateMLP, FieldConfig
 
-BONE = Path(__file__).parents[1] / "data" / "bone.ply"
+BONE = Path(__file__).parents[2] / "data" / "bone.ply"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_grid_is_evaluated_in_chunks(bone: OccupancySignal, monkeypatch: pytest.
         calls.append(len(coords))
         return coords[:, :1] + 2 * coords[:, 1:2] + 3 * coords[:, 2:]
 
-    monkeypatch.setattr("fitters.occupancy.GRID_CHUNK_POINTS", 5 * 9 * 9)
+    monkeypatch.setattr("fitters.signals.occupancy.GRID_CHUNK_POINTS", 5 * 9 * 9)
     grid = bone.logit_grid(field, 9)
     axis = torch.linspace(-1, 1, 9)
     x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
@@ -132,7 +132,7 @@ def test_grid_is_evaluated_in_chunks(bone: OccupancySignal, monkeypatch: pytest.
 
 
 def test_previews_show_the_same_slice(bone: OccupancySignal, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fitters.occupancy.PREVIEW_RESOLUTION", 32)
+    monkeypatch.setattr("fitters.signals.occupancy.PREVIEW_RESOLUTION", 32)
     field = bone.preview(lambda coords: (coords[:, :1] > 0).float() * 2 - 1)
     truth = bone.target_preview()
     assert field.shape == truth.shape == (32, 32, 3) and field.dtype == truth.dtype == np.uint8
@@ -147,7 +147,7 @@ def test_a_short_fit_learns_the_shape() -> None:
     torch.manual_seed(0)
     mesh = trimesh.creation.icosphere(subdivisions=2)
     signal = OccupancySignal(mesh, SignalOptions(num_points=1000))
-    model = CoordinateMLP(3, 1, hidden=32, layers=2, activation="sine", omega0=5.0)
+    model = CoordinateMLP(3, 1, FieldConfig(hidden=32, layers=2, activation="sine", omega0=5.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = signal.evaluate(lambda coords: model(coords).detach())["iou"]
     for _ in range(60):
@@ -215,10 +215,10 @@ def test_bad_options_are_rejected(options: SignalOptions, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "preset", sorted((Path(__file__).parents[2] / "configs" / "occupancy").glob("*.yaml")), ids=lambda p: p.name
+    "preset", sorted((Path(__file__).parents[3] / "configs" / "occupancy").glob("*.yaml")), ids=lambda p: p.name
 )
 def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
-    from fitters.cli import parse_config
+    from fitters.cli.fit import parse_config
     from fitters.config import resolve
 
     config = resolve(parse_config([str(BONE), "--config", str(preset), "--out", str(tmp_path)]))

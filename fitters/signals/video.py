@@ -12,9 +12,9 @@ import torch
 from skimage.transform import resize as resize_image
 
 from fitters import metrics
-from fitters.media import grid_coordinates
-from fitters.run_dir import atomic_path
-from fitters.signal import Predict, Signal, SignalError, SignalOptions
+from fitters.signals.media import grid_coordinates
+from nf_precond.atomic import atomic_path
+from fitters.signals import Predict, Signal, SignalError, SignalOptions
 
 RECONSTRUCTION_NAME = "reconstruction.mp4"
 ENCODER_ARGS = ["-crf", "12"]

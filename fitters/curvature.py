@@ -1,4 +1,4 @@
-"""``nf-curvature PATH``: the Hessian spectrum and HVP sparsity of small coordinate networks fitted to a signal.
+"""The study behind ``nf-curvature PATH``: Hessian spectrum and HVP sparsity of small coordinate networks on a signal.
 
 Paper 1 (Fig. 2, supplementary Figs. 1-4) trains small networks of each activation with full-batch L-BFGS on a
 50x50 image and looks at the eigenvalues of the loss Hessian at every iteration: ReLU and ReLU-PE have many zero
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,14 +28,14 @@ import torch
 import tyro
 
 from fitters.config import resolve_device
-from fitters.run_dir import atomic_path, atomic_write_text, to_plain
-from fitters.signal import Signal, SignalError, SignalOptions
-from fitters.signals import SIGNAL_MODULES, load_signal
+from fitters.memory import memory_free
+from fitters.run_dir import to_plain
+from fitters.signals import SIGNAL_MODULES, Signal, SignalOptions, load_signal
+from nf_precond.atomic import atomic_path, atomic_write_text
 from nf_precond.curvature import hessian_eigenvalues, hvp, hvp_sparsity, rademacher_like
-from nf_precond.nn import ACTIVATIONS, CoordinateMLP, MLPConfig
+from nf_precond.nn import ACTIVATIONS, CoordinateMLP, FieldConfig
 from nf_precond.optim import NonFiniteLossError, build_optimizer, make_closure
 
-EXIT_USAGE = 2
 HESSIAN_COPIES = 3
 """Dense n x n buffers alive at once: the Hessian, its symmetrised copy, and eigvalsh's workspace."""
 HISTOGRAM_BINS = 101
@@ -98,6 +96,10 @@ class NetworkSpec:
     """Resolved: siren, kaiming, xavier or default."""
 
     @property
+    def field(self) -> FieldConfig:
+        return FieldConfig(hidden=self.hidden, layers=self.layers, activation=self.activation, init=self.init)
+
+    @property
     def label(self) -> str:
         return f"{self.activation} {self.layers}x{self.hidden} {self.init}"
 
@@ -129,8 +131,7 @@ def network_specs(config: CurvatureConfig) -> list[NetworkSpec]:
 
 
 def parameter_count(spec: NetworkSpec, in_features: int, out_features: int) -> int:
-    config = MLPConfig(in_features, out_features, hidden=spec.hidden, layers=spec.layers, activation=spec.activation)
-    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in config.layer_sizes())
+    return spec.field.num_parameters(in_features, out_features)
 
 
 def hessian_bytes(parameters: int, dtype: torch.dtype = torch.float64) -> int:
@@ -149,12 +150,6 @@ def largest_width(layers: int, activation: str, in_features: int, out_features: 
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_sizes(specs: Sequence[NetworkSpec], in_features: int, out_features: int, budget_bytes: float) -> None:
@@ -230,10 +225,7 @@ def study_network(
     """Train one network with L-BFGS for ``config.iterations`` and analyse it at the snapshot iterations."""
     coords, targets = signal.coords, signal.targets
     torch.manual_seed(config.seed)
-    model = CoordinateMLP(
-        signal.in_features, signal.out_features, hidden=spec.hidden, layers=spec.layers,
-        activation=spec.activation, init=spec.init, device=coords.device, dtype=coords.dtype,
-    )  # fmt: skip
+    model = CoordinateMLP(signal.in_features, signal.out_features, spec.field, device=coords.device, dtype=coords.dtype)
     params = list(model.parameters())
     loss_fn = lambda: signal.loss(model(coords), targets)  # noqa: E731
     optimizer = build_optimizer("lbfgs", model)
@@ -278,11 +270,11 @@ def summarise(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def signal_options(path: Path, config: CurvatureConfig) -> SignalOptions:
     """The downsampling each signal kind understands (loaders reject options that are not theirs)."""
     module = SIGNAL_MODULES.get(path.suffix.lower())
-    if module == "fitters.image":
+    if module == "fitters.signals.image":
         return SignalOptions(resize=config.size, seed=config.seed)
-    if module == "fitters.video":
+    if module == "fitters.signals.video":
         return SignalOptions(resize=config.size, frames=config.frames, seed=config.seed)
-    if module == "fitters.audio":
+    if module == "fitters.signals.audio":
         return SignalOptions(max_seconds=config.seconds, seed=config.seed)
     return SignalOptions(num_points=config.points, seed=config.seed)
 
@@ -352,7 +344,7 @@ def run(config: CurvatureConfig, argv: Sequence[str], *, progress: bool = True) 
     signal = load_signal(config.path, signal_options(config.path, config))
     signal.coords = signal.coords.to(device, torch.float64)
     signal.targets = signal.targets.to(device, torch.float64)
-    budget = config.max_hessian_gb * 1e9 if config.max_hessian_gb is not None else free_memory_bytes(device) / 2
+    budget = config.max_hessian_gb * 1e9 if config.max_hessian_gb is not None else memory_free(device) / 2
     check_sizes(specs, signal.in_features, signal.out_features, budget)
     name = config.name or f"curvature_{config.path.stem}"
     snapshots_per_network = len(snapshot_iterations(config.iterations, config.every))
@@ -416,23 +408,3 @@ def summary_table(report: dict[str, Any]) -> str:
             f"{s['condition_number_median']:.2e} | {100 * s['hvp_sparsity']:.1f}% |"
         )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        config = tyro.cli(CurvatureConfig, args=argv, prog="nf-curvature")
-        report = run(config, argv)
-    except (ValueError, SignalError) as error:
-        print(f"nf-curvature: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("nf-curvature: interrupted; nothing written", file=sys.stderr)
-        return 130
-    print(summary_table(report))
-    print(f"nf-curvature: wrote {config.out / report['name']}.json and .png", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

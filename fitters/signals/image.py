@@ -15,8 +15,8 @@ import torch
 from skimage.transform import resize as resize_image
 
 from fitters import metrics
-from fitters.run_dir import atomic_path
-from fitters.signal import Predict, Signal, SignalError, SignalOptions
+from nf_precond.atomic import atomic_path
+from fitters.signals import Predict, Signal, SignalError, SignalOptions
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -17,13 +17,13 @@ import torch
 import yaml
 from skimage import data
 
-from fitters import kilo
-from fitters.cli import EXIT_INTERRUPTED, explain, main
+from fitters import memory
+from fitters.cli.fit import EXIT_INTERRUPTED, explain, main
 from fitters.config import FitConfig
 from fitters.loop import FitOutcome
 from fitters.run_dir import RunDir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +63,7 @@ def test_run_directory_contract(tmp_path: Path, photo_path: Path, capsys: pytest
     assert summary["status"] == "completed" and summary["steps"] == 8 and summary["closure_evals"] == 8
     assert {"psnr", "ssim", "time_s", "parameters", "device"} <= set(summary)
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["lr"] == 1e-3 and config["batch_size"] == 0 and config["hidden"] == 16
+    assert config["lr"] == 1e-3 and config["batch_size"] == 0 and config["field"]["hidden"] == 16
     assert iio.imread(out / "reconstruction.png").shape == (16, 16, 3)
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert checkpoint["step"] == 8 and {"model", "optimizer", "sampler", "rng", "time_s"} <= set(checkpoint)
@@ -78,18 +78,18 @@ def test_optimizer_defaults_resolve(tmp_path: Path, photo_path: Path, capsys: py
 
 def test_preset_and_flag_override(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
     preset = tmp_path / "preset.yaml"
-    preset.write_text("optim: sgd\nlr: 0.005\nhidden: 8\nlayers: 1\nbatch-size: 64\nsignal:\n  resize: [8, 8]\n")
+    preset.write_text("optim: sgd\nlr: 0.005\nfield:\n  hidden: 8\n  layers: 1\nbatch-size: 64\nsignal:\n  resize: [8, 8]\n")
     out = tmp_path / "run"
     code, _, _ = fit([photo_path, "--config", preset, "--lr", "0.002", "--steps", "2", "--out", out], capsys)
     assert code == 0
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert (config["optim"], config["lr"], config["hidden"], config["batch_size"]) == ("sgd", 0.002, 8, 64)
+    assert (config["optim"], config["lr"], config["field"]["hidden"], config["batch_size"]) == ("sgd", 0.002, 8, 64)
     assert config["signal"]["resize"] == [8, 8]
     assert iio.imread(out / "reconstruction.png").shape == (8, 8, 3)
 
 
 def test_every_shipped_image_preset_parses(tmp_path: Path, photo_path: Path) -> None:
-    from fitters.cli import parse_config
+    from fitters.cli.fit import parse_config
     from fitters.config import resolve
 
     presets = sorted((REPO / "configs" / "image").glob("*.yaml"))
@@ -170,7 +170,7 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path: Path, photo_path: Path,
 @pytest.mark.slow
 def test_ctrl_c_writes_checkpoint_and_resume_continues(tmp_path: Path, photo_path: Path) -> None:
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "fitters.cli", str(photo_path), "--optim", "adam", "--lr", "1e-3", "--hidden", "8",
+    args = [sys.executable, "-m", "fitters.cli.fit", str(photo_path), "--optim", "adam", "--lr", "1e-3", "--hidden", "8",
             "--layers", "1", "--steps", "1000000", "--log-every", "50", "--batch-size", "0", "--threads", "1", "--out", str(out)]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -186,7 +186,7 @@ def test_ctrl_c_writes_checkpoint_and_resume_continues(tmp_path: Path, photo_pat
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     stopped_at = summary["steps"]
     resumed = subprocess.run(
-        [sys.executable, "-m", "fitters.cli", str(photo_path), "--out", str(out), "--resume", "--steps", str(stopped_at + 10)],
+        [sys.executable, "-m", "fitters.cli.fit", str(photo_path), "--out", str(out), "--resume", "--steps", str(stopped_at + 10)],
         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert resumed.returncode == 0, resumed.stderr
@@ -291,7 +291,7 @@ def test_grouped_runs_are_not_told_to_resume(tmp_path: Path, tiny_png: Path, cap
         (["--kilo", "2x2x2"], ["needs 2 tile counts"]),
         (["--kilo", "12x2"], ["only padding", "at most 8"]),
         (["--kilo", "17x1"], ["only padding"]),
-        (["--kilo", "2x2", "--optim", "shampoo"], ["--kilo works with --optim lbfgs"]),
+        (["--kilo", "2x2", "--optim", "shampoo"], ["--kilo works with --optim", "lbfgs"]),
         (["--kilo", "2x2", "--batch-size", "32"], ["drop --batch-size"]),
         (["--kilo", "2x2", "--kilo-group", "0"], ["--kilo-group must be >= 1"]),
         (["--kilo-group", "4"], ["applies only to --kilo"]),
@@ -315,7 +315,7 @@ def test_kilo_refuses_signals_without_a_grid(tmp_path: Path, capsys: pytest.Capt
 
 def test_too_large_full_batch_advises_kilo_or_batch_size(tmp_path: Path, tiny_png: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    monkeypatch.setattr(kilo, "memory_available", lambda device: 1000)  # pretend a machine with 1 kB
+    monkeypatch.setattr(memory, "memory_available", lambda device: 1000)  # pretend a machine with 1 kB
     code, _, err = fit([tiny_png, "--optim", "lbfgs", "--steps", "2", "--out", tmp_path / "run"], capsys)
     assert code == 2
     assert_one_clean_line(err, "--kilo", "--batch-size")

@@ -18,9 +18,9 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
-from fitters.media import grid_coordinates
-from fitters.run_dir import atomic_path
-from fitters.signal import Predict, Signal, SignalError, SignalOptions
+from fitters.signals.media import grid_coordinates
+from nf_precond.atomic import atomic_path
+from fitters.signals import Predict, Signal, SignalError, SignalOptions
 
 RECONSTRUCTION_NAME = "reconstruction.ply"
 MESH_HALF_EXTENT = 0.9
