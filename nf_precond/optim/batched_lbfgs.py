@@ -7,14 +7,15 @@ line search and convergence state.
 
 Why one core for both optimizers: the batched form keeps every per-net scalar (loss, step, directional derivative,
 line-search phase) in an ``[N]`` tensor and runs the strong-Wolfe line search as a masked state machine, so the host
-synchronises once per line-search trial (to ask "is any net still searching?") and never per Wolfe test. That is
+synchronizes once per line-search trial (to ask "is any net still searching?") and never per Wolfe test. That is
 also what a single-network L-BFGS on a GPU wants. With N = 1 the core follows torch.optim.LBFGS's algorithm
 (minFunc's strong-Wolfe search, the same curvature-pair rule and initial step) to rounding — the tests use it as the
 reference twin — at the price of a few dozen small tensor operations per iteration more than torch's Python-scalar
 code, which on a CPU shows on tiny problems only; ``benchmarks/lbfgs_vs_torch.py`` measures the two side by side.
 The curvature history uses the compact (Gram-matrix) form, two batched products per iteration instead of the
-two-loop recursion's 4m vector operations: on this CPU the gather-based two-loop cost 18 ms per iteration (m = 100,
-12.7k parameters) against torch's 3.6 ms, the compact form a few ms.
+two-loop recursion's 4m vector operations, because a two-loop recursion over per-net histories must gather pair by
+pair and was several times slower than torch's (the measurement is in ``benchmarks/README.md``, "Measurements
+behind the defaults").
 
 Two things differ from torch.optim.LBFGS on purpose:
 
@@ -67,9 +68,9 @@ def rowdot(a: Tensor, b: Tensor) -> Tensor:
 def cubic_minimizer(
     x1: Tensor, f1: Tensor, g1: Tensor, x2: Tensor, f2: Tensor, g2: Tensor, lower: Tensor, upper: Tensor
 ) -> Tensor:
-    """Minimiser of the cubic through two points with values f and slopes g, clamped to ``[lower, upper]``.
+    """Minimizer of the cubic through two points with values f and slopes g, clamped to ``[lower, upper]``.
 
-    Element-wise over nets. Where the cubic has no minimiser, or any input is not finite (an infinite loss marks a
+    Element-wise over nets. Where the cubic has no minimizer, or any input is not finite (an infinite loss marks a
     step that was too long), the midpoint of the bounds is returned instead: bisection.
     """
     d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
@@ -361,7 +362,7 @@ class BatchedLBFGS(torch.optim.Optimizer):
     Every parameter has a leading net axis of length ``num_nets``; ``closure()`` returns the ``[num_nets]`` losses
     (``make_closure`` back-propagates their sum, so each net gets its own gradient) and ``step`` returns the losses at
     the start of the step. Each net has its own curvature history (pairs with yᵀs ≤ ``CURVATURE_PAIR_EPS`` are
-    skipped per net), its own step length from a vectorised line search (all nets share one closure call per trial),
+    skipped per net), its own step length from a vectorized line search (all nets share one closure call per trial),
     and stops on its own convergence tests. Memory: ``2 * history_size + 4`` copies of the parameters, plus one
     gradient per trial while a line search runs (usually 1 or 2, at most ``LINE_SEARCH_EVALS``).
 
@@ -423,7 +424,7 @@ class BatchedLBFGS(torch.optim.Optimizer):
         self.num_nets = num_nets
         self._params: list[Tensor] = self.param_groups[0]["params"]
         if not self._params:
-            raise ValueError(f"{type(self).__name__} got no parameters to optimise")
+            raise ValueError(f"{type(self).__name__} got no parameters to optimize")
         self._check_params()
         self._cache: _StartCache | None = None
 

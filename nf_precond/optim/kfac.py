@@ -1,4 +1,4 @@
-"""K-FAC (Martens & Grosse, 2015) for the ``torch.nn.Linear`` layers of a model, as summarised in paper 2's
+"""K-FAC (Martens & Grosse, 2015) for the ``torch.nn.Linear`` layers of a model, as summarized in paper 2's
 supplementary (Sec. 2.1): each layer's block of the Fisher is approximated by the Kronecker product
 
     F_layer ≈ A ⊗ G,   A = E[ã ãᵀ]  (layer inputs with a 1 appended for the bias),
@@ -18,12 +18,13 @@ weight gradient with the bias gradient appended as a last column. Choices this m
   ``A ⊗ G + damping I`` (paper 1's ``F + γI``); this is what the reference code paper 2 used does by default
   (EKFAC-pytorch, ``pi=False``). The π-corrected split (Martens & Grosse, Sec. 6.3) makes the damping relative to
   the factors' scales, and with the empirical Fisher that is harmful: ``G`` shrinks with the loss, so only an absolute
-  floor on it keeps the step from growing like 1/loss near a minimum (measured: π-corrected K-FAC stalled at 2.4x the
-  optimal loss of the least-squares test, which this version solves).
+  floor on it keeps the step from growing like 1/loss near a minimum; the π-corrected split stalled short of the
+  least-squares optimum that this version reaches (numbers: ``benchmarks/README.md``, "Measurements behind the
+  defaults").
 - Step-size cap ("KL clipping", Ba, Grosse & Martens 2017, as in ACKTR): the whole step is scaled by
   ``min(1, sqrt(kl_clip / (lr² Σ ∇ᵀ F̂⁻¹ ∇)))``. Not in paper 2's summary. Without it, paper 2's lr 0.1 and
-  damping 0.01 diverged on a 32x32 photo, full batch, 2x32 fields (measured): the sine field's loss grew ~10x per
-  step from step 6, the Gaussian one blew up after the step-100 inverse refresh. ``kl_clip=inf`` turns it off.
+  damping 0.01 diverged on a small full-batch photo fit, sine and Gaussian fields alike (numbers: same section).
+  ``kl_clip=inf`` turns it off.
 - Inverses: by eigendecomposition (eigenvalues clamped at 0, then damped), recomputed on the first step and every
   ``update_every`` steps (paper 2: 100).
 - Parameters outside Linear layers (and Linear layers whose weight is frozen) get plain SGD with the same momentum.

@@ -1,4 +1,4 @@
-"""Shampoo (Gupta, Koren & Singer, 2018) for matrix-shaped parameters, as summarised in paper 2's supplementary
+"""Shampoo (Gupta, Koren & Singer, 2018) for matrix-shaped parameters, as summarized in paper 2's supplementary
 (Algorithm 1): with ``G`` the gradient of an ``m x n`` weight,
 
     L_t = L_{t-1} + G Gᵀ,   R_t = R_{t-1} + Gᵀ G,   L_0 = eps I_m,   R_0 = eps I_n,
