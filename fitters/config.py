@@ -97,7 +97,7 @@ class FitConfig:
     compile: bool = False
     """torch.compile the field (first-order and L-BFGS optimizers only: compiled graphs have no double backward)."""
     seed: int = 0
-    """Seed for initialisation, mini-batch order and curvature probes."""
+    """Seed for initialization, mini-batch order and curvature probes."""
     out: Path | None = None
     """Run directory; None = outputs/<file name>/<optim>-<timestamp>/."""
     overwrite: bool = False

@@ -5,7 +5,7 @@ Paper 1 (Fig. 2, supplementary Figs. 1-4) trains small networks of each activati
 eigenvalues, sine and Gaussian none. Paper 2 (Theorems 4.2/4.3, Fig. 4) measures the fraction of zero entries of
 Hessian-vector products: sparse for ReLU, dense for sine/Gaussian/wavelet. This tool repeats both measurements for
 any signal ``nf-fit`` takes (downsampled), in float64, and writes ``<out>/<name>.json`` and ``<out>/<name>.png``
-(eigenvalue histograms near 0, summed over the analysed iterations, one panel per network).
+(eigenvalue histograms near 0, summed over the analyzed iterations, one panel per network).
 
 "Zero" eigenvalue: ``|λ| <= ε``. The default ε is the numerical-rank tolerance ``n · eps(float64) · max|λ|``
 (numpy's ``matrix_rank`` rule): below it an eigenvalue cannot be told from round-off. The condition number is
@@ -37,9 +37,9 @@ from nf_precond.nn import ACTIVATIONS, CoordinateMLP, FieldConfig
 from nf_precond.optim import NonFiniteLossError, build_optimizer, make_closure
 
 HESSIAN_COPIES = 3
-"""Dense n x n buffers alive at once: the Hessian, its symmetrised copy, and eigvalsh's workspace."""
+"""Dense n x n buffers alive at once: the Hessian, its symmetrized copy, and eigvalsh's workspace."""
 HISTOGRAM_BINS = 101
-"""Odd, so one bin is centred on 0 (as in the paper's histograms)."""
+"""Odd, so one bin is centered on 0 (as in the paper's histograms)."""
 InitName = Literal["paper", "siren", "kaiming", "xavier", "default"]
 
 
@@ -58,17 +58,17 @@ class CurvatureConfig:
     shapes: tuple[str, ...] = ("4x16",)
     """Networks as LAYERSxWIDTH (paper 1 supp.: 4x16, 4x64, 1x512); dense Hessians grow as parameters²."""
     inits: tuple[InitName, ...] = ("paper",)
-    """Initialisations; paper = SIREN for sine and Kaiming uniform otherwise (paper 1 supp. Sec. 3)."""
+    """Initializations; paper = SIREN for sine and Kaiming uniform otherwise (paper 1 supp. Sec. 3)."""
     iterations: int = 50
     """L-BFGS iterations per network (paper 1: 50)."""
     every: int = 10
-    """Analyse every this many iterations (and always at 0 and at the end); 1 = every iteration, as in the paper."""
+    """Analyze every this many iterations (and always at 0 and at the end); 1 = every iteration, as in the paper."""
     size: tuple[int, int] = (50, 50)
     """Images and video frames are resized to H W (paper 1: 50x50)."""
     frames: tuple[int, int] = (0, 2)
-    """Video: the frame range [START, STOP) analysed."""
+    """Video: the frame range [START, STOP) analyzed."""
     seconds: float = 0.05
-    """Audio: the first this many seconds are analysed."""
+    """Audio: the first this many seconds are analyzed."""
     points: int = 2500
     """Occupancy: number of sampled points."""
     window: float = 0.01
@@ -222,7 +222,7 @@ def snapshot_iterations(iterations: int, every: int) -> list[int]:
 def study_network(
     spec: NetworkSpec, signal: Signal, config: CurvatureConfig, on_snapshot: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
-    """Train one network with L-BFGS for ``config.iterations`` and analyse it at the snapshot iterations."""
+    """Train one network with L-BFGS for ``config.iterations`` and analyze it at the snapshot iterations."""
     coords, targets = signal.coords, signal.targets
     torch.manual_seed(config.seed)
     model = CoordinateMLP(signal.in_features, signal.out_features, spec.field, device=coords.device, dtype=coords.dtype)
@@ -333,7 +333,7 @@ def plot(report: dict[str, Any], final: Path) -> None:
 
 
 def run(config: CurvatureConfig, argv: Sequence[str], *, progress: bool = True) -> dict[str, Any]:
-    """Validate everything (flags, signal, sizes), then train and analyse every network and write the outputs."""
+    """Validate everything (flags, signal, sizes), then train and analyze every network and write the outputs."""
     from tqdm import tqdm
 
     validate(config)

@@ -1,8 +1,8 @@
 """The generic fit loop: signal → sampler → field → loss → ``optimizer.step(closure)`` → run directory.
 
-It knows nothing about the modality (``Signal`` does) or the optimizer (the closure contract does). Timing rule
-(DESIGN.md): ``time_s`` counts training only; evaluation, logging, checkpoints and previews are excluded (on CUDA
-the device is synchronised before each clock reading at a log point, so queued kernels are counted where they ran).
+It knows nothing about the modality (``Signal`` does) or the optimizer (the closure contract does). Timing rule:
+``time_s`` counts training only; evaluation, logging, checkpoints and previews are excluded (on CUDA
+the device is synchronized before each clock reading at a log point, so queued kernels are counted where they ran).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ _FACING_MINUS_Y = (math.sqrt(0.5), -math.sqrt(0.5), 0.0, 0.0)
 _FRAMING_MARGIN = 1.6
 """Visible width/height over the images' extent, when a browser connects."""
 _PANEL_SHIFT = 0.28
-"""Fraction of the visible half-width by which the images sit left of centre, clear of viser's floating panel."""
+"""Fraction of the visible half-width by which the images sit left of center, clear of viser's floating panel."""
 
 
 def to_display(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE, min_side: int = DISPLAY_MIN_SIDE) -> np.ndarray:

@@ -53,7 +53,7 @@ def llff_to_opengl(llff_rotations: np.ndarray) -> np.ndarray:
 def average_pose(camera_to_worlds: np.ndarray) -> np.ndarray:
     """The mean camera [3, 4]: at the mean position, looking along the mean viewing direction, rolled to the mean up.
 
-    The backwards axis is the normalised sum of the backwards axes; right and up are then orthogonalised against it
+    The backwards axis is the normalized sum of the backwards axes; right and up are then orthogonalized against it
     (up ⟂ backwards, right = up × backwards) so the result is a rotation.
     """
     backwards = camera_to_worlds[:, :, 2].sum(axis=0)
@@ -203,7 +203,7 @@ class LLFFDataParserConfig(DataParserConfig):
 
 @dataclass
 class LLFF(DataParser):
-    """Reads an LLFF scene. Cameras come out in nerfstudio's OpenGL convention in the recentred, rescaled world;
+    """Reads an LLFF scene. Cameras come out in nerfstudio's OpenGL convention in the recentered, rescaled world;
     `dataparser_transform`/`dataparser_scale` record that change of world (transform first, then scale)."""
 
     config: LLFFDataParserConfig
@@ -396,7 +396,7 @@ class AutoDataParserConfig(DataParserConfig):
 
 llff_dataparser = DataParserSpecification(
     config=LLFFDataParserConfig(),
-    description="LLFF layout (poses_bounds.npy + images/, images_4/, images_8/), recentred and rescaled as NeRF does",
+    description="LLFF layout (poses_bounds.npy + images/, images_4/, images_8/), recentered and rescaled as NeRF does",
 )
 auto_dataparser = DataParserSpecification(
     config=AutoDataParserConfig(),

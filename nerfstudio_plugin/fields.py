@@ -1,7 +1,7 @@
 """Radiance fields on the `nf_precond` core: a coordinate MLP (Gaussian / sine NeRF, TinyNeRF) and a KiloNeRF grid.
 
-Both map normalised positions in [-1, 1]^3 (and, optionally, unit view directions) to a density >= 0 and an RGB
-colour in [0, 1]. They are plain `torch.nn.Module`s with smooth heads (softplus density, sigmoid colour) so
+Both map normalized positions in [-1, 1]^3 (and, optionally, unit view directions) to a density >= 0 and an RGB
+color in [0, 1]. They are plain `torch.nn.Module`s with smooth heads (softplus density, sigmoid color) so
 Hessian-vector products through them are well defined; the nerfstudio model (`models.py`) does sampling and
 rendering around them.
 """
@@ -24,7 +24,7 @@ KILO_FIELD = FieldConfig(activation="sine", layers=2, hidden=32)
 
 DENSITY_SHIFT = 1.0
 """Raw density outputs are shifted down by this before the softplus, so a fresh field starts mostly transparent
-(softplus(-1) ~ 0.31 instead of 0.69) and does not paint every ray with the colour of its first samples."""
+(softplus(-1) ~ 0.31 instead of 0.69) and does not paint every ray with the color of its first samples."""
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,20 @@ class FieldOutputs:
     density: torch.Tensor
     """[..., 1] volume density >= 0."""
     rgb: torch.Tensor
-    """[..., 3] colour in [0, 1]."""
+    """[..., 3] color in [0, 1]."""
 
 
 def density_and_colour(raw: torch.Tensor) -> FieldOutputs:
-    """Split raw outputs [..., 4] (density logit, 3 colour logits) into a `FieldOutputs`."""
+    """Split raw outputs [..., 4] (density logit, 3 color logits) into a `FieldOutputs`."""
     return FieldOutputs(density=F.softplus(raw[..., :1] - DENSITY_SHIFT), rgb=torch.sigmoid(raw[..., 1:4]))
 
 
 class RadianceField(nn.Module):
-    """One coordinate MLP over positions: density + colour, with an optional view-dependent colour head.
+    """One coordinate MLP over positions: density + color, with an optional view-dependent color head.
 
     Without view dependence the trunk outputs 4 values (TinyNeRF: "no view dependence"). With it the trunk outputs
     the density and a `hidden`-wide feature; a one-hidden-layer head of the same activation maps (feature, view
-    direction) to the colour, as in NeRF, so density cannot depend on the view.
+    direction) to the color, as in NeRF, so density cannot depend on the view.
     """
 
     def __init__(self, field: FieldConfig = NERF_FIELD, view_dependent: bool = True) -> None:
@@ -84,7 +84,7 @@ class KiloRadianceField(nn.Module):
     """KiloNeRF: a `resolution`^3 grid of tiny MLPs (one `BatchedMLP`), each owning one cell of [-1, 1]^3.
 
     A point is evaluated by the net of its cell, on its position inside the cell rescaled to [-1, 1] (each tiny net
-    sees the same input range, so one initialisation suits all). Points are grouped per net and padded to the
+    sees the same input range, so one initialization suits all). Points are grouped per net and padded to the
     fullest cell, so the whole grid is one `baddbmm` per layer. No view dependence (paper 1's KiloNeRF is 2-layer
     32-wide sine MLPs).
     """

@@ -1,7 +1,7 @@
 """The nerfstudio model around our radiance fields: one field, uniform samples, no hierarchical sampling.
 
 Paper 2's Gaussian NeRF and paper 1's TinyNeRF both train "a single model without additional hierarchical sampling":
-stratified uniform samples between the near and far bounds, volume rendering, MSE on colour. Metrics are PSNR and
+stratified uniform samples between the near and far bounds, volume rendering, MSE on color. Metrics are PSNR and
 SSIM; LPIPS only when AlexNet's weights are already in the torch hub cache, because torchmetrics' LPIPS downloads
 them otherwise (which crashes offline, and nothing may download at run time).
 """
@@ -50,7 +50,7 @@ class PreconditionedNeRFModelConfig(ModelConfig):
     field: FieldConfig = NERF_FIELD
     """The coordinate MLP (or each KiloNeRF net): paper 2's NeRF is 8x256 Gaussian, σ 0.1."""
     view_dependent: bool = True
-    """Colour depends on the view direction through a small head (mlp field only; TinyNeRF and KiloNeRF: False)."""
+    """Color depends on the view direction through a small head (mlp field only; TinyNeRF and KiloNeRF: False)."""
     kilo_resolution: int = 8
     """KiloNeRF grid cells per axis (resolution^3 tiny MLPs over the scene box)."""
     num_samples: int = 128
@@ -58,7 +58,7 @@ class PreconditionedNeRFModelConfig(ModelConfig):
     stratified: bool = True
     """Jitter the samples within their bins while training (NeRF's stratified sampling)."""
     background_color: Literal["auto", "black", "white", "last_sample"] = "auto"
-    """Colour behind the field; auto: black for forward-facing (LLFF) data, as NeRF renders it, else white."""
+    """Color behind the field; auto: black for forward-facing (LLFF) data, as NeRF renders it, else white."""
     bounds_from_data: bool = True
     """Use the near/far bounds the dataparser reports (LLFF's poses_bounds.npy) when it reports them; otherwise
     collider_params (Blender's 2 and 6)."""

@@ -4,7 +4,7 @@ The scenes are a few solid-textured primitives (spheres, boxes, a checkered grou
 directional light with Lambert shading and hard shadows. Everything is view-independent, so a NeRF can fit it
 exactly, and the camera poses that produced each image are returned so tests can check a dataparser against them.
 
-Conventions: scenes are modelled in a y-up world; every camera-to-world matrix this module returns is in the
+Conventions: scenes are modeled in a y-up world; every camera-to-world matrix this module returns is in the
 OpenGL/nerfstudio camera convention (columns: right, up, backwards, position). The files use each layout's own
 convention: LLFF's `poses_bounds.npy` stores [down, right, backwards] columns, and the Blender layout reports the
 scene in Blender's z-up world (the y-up scene rotated by `Y_UP_TO_Z_UP`).
@@ -45,19 +45,19 @@ Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 @dataclass(frozen=True)
 class Material:
-    """A solid (3D) texture: the colour depends on the world position only, so it is the same from every view."""
+    """A solid (3D) texture: the color depends on the world position only, so it is the same from every view."""
 
     base: Vec3
     """RGB in [0, 1]."""
     accent: Vec3 = (1.0, 1.0, 1.0)
-    """Second colour of the checker/stripes pattern."""
+    """Second color of the checker/stripes pattern."""
     pattern: Literal["solid", "checker", "stripes"] = "solid"
     """`checker`: 3D checkerboard; `stripes`: bands along the vertical axis."""
     period: float = 0.5
     """Size of one checker cell or stripe in world units."""
 
     def albedo(self, points: np.ndarray) -> np.ndarray:
-        """Colour [n, 3] at world points [n, 3]."""
+        """Color [n, 3] at world points [n, 3]."""
         base = np.broadcast_to(np.asarray(self.base), points.shape)
         if self.pattern == "solid":
             return base.copy()
@@ -166,7 +166,7 @@ class Plane:
 class Scene:
     primitives: tuple[Primitive, ...]
     light_direction: Vec3 = (-0.4, 0.8, 0.45)
-    """Direction towards the (directional) light, in the scene's y-up world; normalised when used."""
+    """Direction towards the (directional) light, in the scene's y-up world; normalized when used."""
     ambient: float = 0.25
     """Light that reaches shadowed and back-facing surfaces."""
 
@@ -212,7 +212,7 @@ def _nearest_hits(scene: Scene, origins: np.ndarray, directions: np.ndarray) -> 
 
 
 def trace(scene: Scene, origins: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shade rays [n, 3] (directions need not be unit): colour [n, 3] in [0, 1] (0 on a miss) and hit t [n]."""
+    """Shade rays [n, 3] (directions need not be unit): color [n, 3] in [0, 1] (0 on a miss) and hit t [n]."""
     t, primitive_index = _nearest_hits(scene, origins, directions)
     colour = np.zeros_like(origins)
     hit = np.isfinite(t)
@@ -256,9 +256,9 @@ def focal_from_fov(width: int, fov_x_degrees: float) -> float:
 def render_view(
     scene: Scene, camera_to_world: np.ndarray, height: int, width: int, focal: float, supersample: int = 2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render one pinhole view (principal point at the image centre, OpenGL camera-to-world [3, 4]).
+    """Render one pinhole view (principal point at the image center, OpenGL camera-to-world [3, 4]).
 
-    Returns straight (not premultiplied) colour [H, W, 3], coverage alpha [H, W] and the camera z-depth of each
+    Returns straight (not premultiplied) color [H, W, 3], coverage alpha [H, W] and the camera z-depth of each
     pixel's nearest hit [H, W] (inf where no subsample hit anything). `supersample`² jittered-grid samples per pixel
     anti-alias edges and give fractional alpha on silhouettes.
     """

@@ -99,7 +99,7 @@ def dense_hessian(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> torch.Tens
 
 
 def hessian_eigenvalues(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Eigenvalues (ascending, float64) of the dense Hessian, symmetrised to remove round-off asymmetry."""
+    """Eigenvalues (ascending, float64) of the dense Hessian, symmetrized to remove round-off asymmetry."""
     hessian = dense_hessian(loss_fn, params).double()
     return torch.linalg.eigvalsh(0.5 * (hessian + hessian.T))
 

@@ -1,7 +1,7 @@
-"""Images: PNG/JPEG (8- or 16-bit, gray, gray+alpha, RGB, RGBA) read with imageio, fitted as (x, y) -> colour.
+"""Images: PNG/JPEG (8- or 16-bit, gray, gray+alpha, RGB, RGBA) read with imageio, fitted as (x, y) -> color.
 
-Coordinates are pixel centres on a [-1, 1] grid (x along columns, y along rows), targets are intensities in
-[0, 1]. Alpha is dropped (the colour channels are fitted as stored), so RGBA becomes RGB and gray+alpha gray.
+Coordinates are pixel centers on a [-1, 1] grid (x along columns, y along rows), targets are intensities in
+[0, 1]. Alpha is dropped (the color channels are fitted as stored), so RGBA becomes RGB and gray+alpha gray.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def pixel_grid(height: int, width: int) -> torch.Tensor:
-    """[H*W, 2] (x, y) coordinates of the pixel centres in [-1, 1], row-major like ``image.reshape(-1, C)``."""
+    """[H*W, 2] (x, y) coordinates of the pixel centers in [-1, 1], row-major like ``image.reshape(-1, C)``."""
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
     return torch.stack([xs, ys], dim=-1).reshape(-1, 2)
 

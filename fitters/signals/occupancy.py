@@ -27,7 +27,7 @@ MESH_HALF_EXTENT = 0.9
 """The mesh's longest side spans [-0.9, 0.9]: the margin keeps near-surface samples inside the cube and lets marching
 cubes close the surface instead of cutting it at the grid border."""
 NEAR_SURFACE_SIGMAS = (0.1, 0.01)
-"""Gaussian offsets of the near-surface samples (paper 2), split evenly, in normalised units."""
+"""Gaussian offsets of the near-surface samples (paper 2), split evenly, in normalized units."""
 HELD_OUT_POINTS = 100_000
 """Uniform points, drawn apart from the training points, on which ``iou`` is measured (as in Occupancy Networks)."""
 AMBIGUOUS_WINDING = (0.2, 0.8)
@@ -86,13 +86,13 @@ class OccupancySignal(Signal):
         self.targets = torch.from_numpy(self.labels(points).astype(np.float32)[:, None])
 
     def _winding(self, points: np.ndarray) -> np.ndarray:
-        """|generalized winding number| of the normalised mesh at ``points``: ~1 inside, ~0 outside. The absolute
+        """|generalized winding number| of the normalized mesh at ``points``: ~1 inside, ~0 outside. The absolute
         value makes a consistently inward-facing mesh read the same as an outward-facing one."""
         query = np.ascontiguousarray(points, dtype=np.float64)
         return np.abs(igl.fast_winding_number(self._vertices, self._faces, query))
 
     def labels(self, points: np.ndarray) -> np.ndarray:
-        """Boolean inside-ness of normalised ``points`` [P, 3]."""
+        """Boolean inside-ness of normalized ``points`` [P, 3]."""
         return self._winding(points) > 0.5
 
     def _training_points(self, count: int, surface_fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -188,7 +188,7 @@ def _check_mesh(mesh: trimesh.Trimesh, name: str) -> None:
 
 
 def load(path: Path, options: SignalOptions, grid_resolution: int = 128) -> OccupancySignal:
-    """Read an OBJ/PLY/OFF/STL mesh (scenes are merged into one mesh) and sample labelled points around it."""
+    """Read an OBJ/PLY/OFF/STL mesh (scenes are merged into one mesh) and sample labeled points around it."""
     path = Path(path)
     for option in ("resize", "frames", "max_seconds"):
         if getattr(options, option) is not None:

@@ -129,7 +129,7 @@ def test_parser_without_rescale_or_recentre_keeps_llff_units(tmp_path: Path) -> 
 
 
 def test_cameras_rotated_in_llff_frame_come_out_rotated_in_opengl(tmp_path: Path) -> None:
-    """A camera turned 90 degrees left (looking down -x) in a non-recentred world keeps that orientation."""
+    """A camera turned 90 degrees left (looking down -x) in a non-recentered world keeps that orientation."""
     write_llff_folder(tmp_path, np.zeros((1, 3)), near=1.0, far=2.0)
     poses_bounds = np.load(tmp_path / "poses_bounds.npy")
     # Looking down -x: right = -z, up = y, backwards = +x -> LLFF columns down = -y, right = -z, backwards = +x.
@@ -153,7 +153,7 @@ def test_rendered_cameras_map_back_to_the_known_cameras(llff_scene: RenderedView
     # nerfstudio's own inverse of dataparser_transform/scale must give back the generator's cameras exactly.
     original = outputs.transform_poses_to_original_space(outputs.cameras.camera_to_worlds, camera_convention="opengl")
     torch.testing.assert_close(original, torch.from_numpy(llff_scene.camera_to_worlds).float(), atol=1e-5, rtol=0)
-    # Documented normalisation: scale = 1 / (nearest bound * 0.75) from the generator's bounds; recentred cameras
+    # Documented normalization: scale = 1 / (nearest bound * 0.75) from the generator's bounds; recentered cameras
     # have mean position 0 and mean viewing direction -z.
     scale = 1.0 / (llff_scene.near.min() * 0.75)
     assert outputs.dataparser_scale == pytest.approx(scale)
@@ -172,7 +172,7 @@ def test_rendered_cameras_map_back_to_the_known_cameras(llff_scene: RenderedView
 
 def test_nerfstudio_rays_see_what_the_generator_rendered(tmp_path: Path) -> None:
     """End to end: rays nerfstudio generates from the parsed cameras, taken back to the generator's world and traced
-    through the scene, reproduce the rendered pixels (intrinsics, pixel centres, conventions, world change)."""
+    through the scene, reproduce the rendered pixels (intrinsics, pixel centers, conventions, world change)."""
     render_llff(tmp_path, num_views=3, height=24, width=32, supersample=1, downscale_factors=())
     outputs = parse(tmp_path, llffhold=0, downscale_factor=1)
     transform = outputs.dataparser_transform.double().numpy()

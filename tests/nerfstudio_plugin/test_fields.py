@@ -14,7 +14,7 @@ def test_cell_indices_route_points_to_their_cell_and_local_coordinates() -> None
     points = torch.tensor([[-0.5, -0.5, -0.5], [0.5, -0.5, 0.5], [0.75, 0.25, -0.75], [1.0, 1.0, 1.0], [-3.0, 0.5, 0.5]])
     cells, local = cell_indices(points, resolution=2)
     assert cells.tolist() == [0, 5, 6, 7, 3]
-    # Inside a cell of width 1, -0.5 is the centre (0), 0.75 three quarters of the way (0.5), 0.25 a quarter (-0.5).
+    # Inside a cell of width 1, -0.5 is the center (0), 0.75 three quarters of the way (0.5), 0.25 a quarter (-0.5).
     torch.testing.assert_close(local[0], torch.zeros(3))
     torch.testing.assert_close(local[2], torch.tensor([0.5, -0.5, -0.5]))
     torch.testing.assert_close(local[3], torch.ones(3))  # the far corner belongs to the last cell

@@ -40,7 +40,7 @@ def test_sphere_hit_distance_and_normal() -> None:
     t = sphere.intersect(origins, directions)
     np.testing.assert_allclose(t, [4.0])
     np.testing.assert_allclose(sphere.normals(origins + t[:, None] * directions), [[0.0, 0.0, 1.0]])
-    # Unnormalised directions: t scales inversely; a ray that passes beside the sphere misses.
+    # Unnormalized directions: t scales inversely; a ray that passes beside the sphere misses.
     np.testing.assert_allclose(sphere.intersect(origins, 2 * directions), [2.0])
     assert np.isinf(sphere.intersect(np.array([[2.0, 0.0, 5.0]]), directions)).all()
 
@@ -60,7 +60,7 @@ def test_box_hit_distance_with_yaw(yaw: float, expected_t: float) -> None:
 def test_box_normals_are_the_rotated_face_normals() -> None:
     yaw = 0.3
     box = Box((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), WHITE, yaw)
-    # The centre of the face that is +x before turning, after turning by yaw about y.
+    # The center of the face that is +x before turning, after turning by yaw about y.
     face_normal = np.array([math.cos(yaw), 0.0, -math.sin(yaw)])
     point = np.array([[1.0, 0.0, 0.0]]) + 0.5 * face_normal
     np.testing.assert_allclose(box.normals(point), [face_normal], atol=1e-12)
@@ -102,7 +102,7 @@ def test_checker_texture_alternates_per_cell() -> None:
 
 
 def test_render_view_depth_alpha_and_pinhole_geometry() -> None:
-    """A camera 5 units from a unit sphere: the centre pixel sees depth 4 and a lit surface; corners see nothing."""
+    """A camera 5 units from a unit sphere: the center pixel sees depth 4 and a lit surface; corners see nothing."""
     scene = Scene((Sphere((0.0, 0.0, 0.0), 1.0, WHITE),), light_direction=(0.0, 0.0, 1.0), ambient=0.25)
     camera = look_at((0.0, 0.0, 5.0), (0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0))
     size, focal = 21, focal_from_fov(21, 60.0)
@@ -112,7 +112,7 @@ def test_render_view_depth_alpha_and_pinhole_geometry() -> None:
     np.testing.assert_allclose(colour[centre, centre], [1.0, 1.0, 1.0])
     assert alpha[centre, centre] == 1.0 and alpha[0, 0] == 0.0 and np.isinf(depth[0, 0])
     assert colour[0, 0].tolist() == [0.0, 0.0, 0.0]
-    # The silhouette: a pixel is covered iff its ray passes within radius 1 of the centre, i.e. its angle off the
+    # The silhouette: a pixel is covered iff its ray passes within radius 1 of the center, i.e. its angle off the
     # axis is below asin(1/5).
     offsets = (np.arange(size) + 0.5 - size / 2) / focal
     off_axis = np.hypot(offsets[:, None], offsets[None, :])
@@ -229,7 +229,7 @@ def test_blender_images_are_transparent_outside_the_object(blender_scene: dict[s
     for path in blender_scene["train"].image_paths:
         alpha = np.asarray(Image.open(path))[..., 3]
         assert alpha[0, 0] == 0 and alpha[-1, -1] == 0  # background corners
-        assert alpha[alpha.shape[0] // 2, alpha.shape[1] // 2] == 255  # the object fills the centre
+        assert alpha[alpha.shape[0] // 2, alpha.shape[1] // 2] == 255  # the object fills the center
 
 
 def test_blender_cameras_orbit_the_origin_in_a_z_up_world(blender_scene: dict[str, RenderedViews]) -> None:

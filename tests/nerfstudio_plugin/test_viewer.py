@@ -85,6 +85,6 @@ def test_viewer_renders_in_headless_chromium(llff_scene, tmp_path: Path) -> None
     assert "Connected" in dom and "Pause Training" in dom, "the viser client did not connect to ns-train"
     assert screenshot.is_file(), "Chromium wrote no screenshot"
     pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=np.float64)
-    # A blank page is one colour; the viser client draws a control panel, text and the 3D canvas.
+    # A blank page is one color; the viser client draws a control panel, text and the 3D canvas.
     assert pixels.std() > 5.0, f"the viewer page looks blank (pixel std {pixels.std():.2f})"
     assert len(np.unique(pixels)) > 20

@@ -39,7 +39,7 @@ def test_load_real_mesh(bone: OccupancySignal) -> None:
     assert bone.coords.abs().max() <= 1.0 and set(bone.targets.unique().tolist()) == {0.0, 1.0}
     vertices = normalised(bone).vertices
     assert np.abs(vertices).max() == pytest.approx(0.9)  # longest side spans [-0.9, 0.9]
-    np.testing.assert_allclose(vertices.max(axis=0) + vertices.min(axis=0), 0.0, atol=1e-6)  # centred
+    np.testing.assert_allclose(vertices.max(axis=0) + vertices.min(axis=0), 0.0, atol=1e-6)  # centered
 
 
 def test_labels_agree_with_trimesh_on_a_watertight_mesh(bone: OccupancySignal) -> None:
@@ -73,7 +73,7 @@ def test_sampling_is_seeded_and_follows_surface_fraction() -> None:
     surface = normalised(near)
     near_distance = surface.nearest.on_surface(near.coords.numpy())[1]
     uniform_distance = surface.nearest.on_surface(uniform.coords.numpy())[1]
-    # Offsets are N(0, 0.1) or N(0, 0.01) in normalised units: half the points lie within 0.01 * 3 of the surface.
+    # Offsets are N(0, 0.1) or N(0, 0.01) in normalized units: half the points lie within 0.01 * 3 of the surface.
     assert np.median(near_distance) < 0.1 and near_distance.max() < 0.6
     assert np.median(uniform_distance) > 0.3
 
@@ -103,7 +103,7 @@ def test_marching_cubes_of_a_sphere_has_its_radius(
     assert written == tmp_path / "reconstruction.ply"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reconstruction.ply"]  # no temporary left behind
     mesh = trimesh.load(written)
-    # Written in the input mesh's units: undo the normalisation to compare with the analytic sphere.
+    # Written in the input mesh's units: undo the normalization to compare with the analytic sphere.
     distance = np.linalg.norm((mesh.vertices - bone.center) * bone.scale, axis=1)
     spacing = 2.0 / (bone.grid_resolution - 1)
     assert np.abs(distance - radius).max() < spacing / 2

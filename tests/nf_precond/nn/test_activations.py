@@ -64,7 +64,7 @@ def test_activation_value_and_derivatives_match_formula(name: str, x: float) -> 
 
 
 def test_gaussian_width_is_sigma() -> None:
-    """σ is a standard deviation: the bump falls to exp(-1/2) one σ from the centre."""
+    """σ is a standard deviation: the bump falls to exp(-1/2) one σ from the center."""
     gauss = Gaussian(0.2)
     values = gauss(torch.tensor([0.0, 0.2, -0.2], dtype=torch.float64))
     torch.testing.assert_close(values, torch.tensor([1.0, math.exp(-0.5), math.exp(-0.5)], dtype=torch.float64))

@@ -1,4 +1,4 @@
-"""CoordinateMLP: architecture, initialisation bounds, per-layer ω0, shapes, argument errors, HVPs."""
+"""CoordinateMLP: architecture, initialization bounds, per-layer ω0, shapes, argument errors, HVPs."""
 
 from __future__ import annotations
 

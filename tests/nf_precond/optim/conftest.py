@@ -1,4 +1,4 @@
-"""Test problems with known minimisers, shared by the optimizer tests."""
+"""Test problems with known minimizers, shared by the optimizer tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 def _spd_quadratic(n: int = 6):
     """0.5 (x − x*)ᵀ A (x − x*) with A SPD, eigenvalues 0.1..10 (condition number 100), a dense (non-diagonal) A and
-    a known minimiser x*. Returns (A, x*, x starting at 0, loss closure)."""
+    a known minimizer x*. Returns (A, x*, x starting at 0, loss closure)."""
     generator = torch.Generator().manual_seed(3)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
     a = q @ torch.diag(torch.logspace(-1, 1, n, dtype=torch.float64)) @ q.T

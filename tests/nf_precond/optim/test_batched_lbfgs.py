@@ -14,7 +14,7 @@ from nf_precond.optim.lbfgs import LBFGS
 
 F64 = torch.float64
 SHIFTS = (1.0, 1.5, -0.5)
-"""Net n minimises a Rosenbrock valley with its minimum at (a, a²), a = SHIFTS[n]: different paths, different
+"""Net n minimizes a Rosenbrock valley with its minimum at (a, a²), a = SHIFTS[n]: different paths, different
 line-search lengths, different convergence times."""
 
 

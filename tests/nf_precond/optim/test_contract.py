@@ -1,5 +1,6 @@
-"""The optimizer contract every registered optimizer honours (DESIGN.md): step(closure) lowers the loss of a real
-fitting problem, state_dict round trips reproduce the trajectory, bad hyperparameters and NaN losses are refused."""
+"""The optimizer contract every registered optimizer honors (ARCHITECTURE.md, Contracts): step(closure) lowers the
+loss of a real fitting problem, state_dict round trips reproduce the trajectory, bad hyperparameters and NaN losses
+are refused."""
 
 from __future__ import annotations
 
