@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from fitters.config import (
     with_log_interval,
 )
 from fitters.kilo import make_grid
+from fitters.machine import machine_facts
 from fitters.run_dir import to_plain
 from nf_precond.atomic import atomic_path, atomic_write_text
 from fitters.signals import Signal
@@ -279,7 +279,7 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "host": platform.node(),
+        "machine": machine_facts(),
         "command": "nf-bench " + " ".join(argv),
         "settings": to_plain(to_dict(config)),
         "runs": runs,

@@ -30,19 +30,13 @@ class ESGD(CurvatureOptimizer):
     shrinks d̂ by (1 − β₂ᵏ)/(1 − β₂ᵗ), a growing lr multiplier: at t = 1000 (k = 59) ~3.3x for p = ½, ~1.8x for
     p = ¼).
 
-    Defaults (p = 0.25, ``"steps"``), by measurement (PSNR in dB, Gaussian σ 0.05 / sine ω0 30):
-    - ``benchmarks/results/esgd_variants.md`` (astronaut 128², 4x128, batch 512, 1000 steps, lr 0.15; Adam 1e-4
-      reaches 19.12 / 30.01): p = ¼ over t 25.04 / 32.96, p = ¼ over k 23.92 / 28.64, p = ½ over t (released)
-      22.51 / 31.40, p = ½ over k 20.77 / 22.83. Amortized step time 1.06-1.14x Adam's.
-    - ``/work/shared/findings/esgd-vs-adam.md`` (Gaussian only, 256², 4x256, 1500 steps): p = ¼ over k 24.21,
-      p = ¼ over t 23.47, released 15.56, Adam 22.29.
-    p = ¼ wins everywhere. The bias correction is mixed (k ahead by 0.7 dB in the finding, t ahead by 1.1 dB
-    (Gaussian) and 4.3 dB (sine) here); "steps" is the default because it never fell below Adam. Other defaults
-    are paper 2's: lr 0.15, betas (0.9, 0.999), eps 1e-4, warm-up 50, update every 100. Weight decay is
-    decoupled: ``θ ← θ(1 − lr·wd)``.
+    Defaults: p = ¼ and ``"steps"``, chosen by measurement (the variant race in ``benchmarks/README.md``,
+    "Measurements behind the defaults": p = ¼ led on Gaussian and sine fields, and ``"steps"`` never fell below
+    Adam while ``"updates"`` did on the sine field). Other defaults are paper 2's: lr 0.15, betas (0.9, 0.999),
+    eps 1e-4, warm-up 50, update every 100. Weight decay is decoupled: ``θ ← θ(1 − lr·wd)``.
 
     Differences from the released code, on purpose: plain (not Nesterov) momentum with Adam's bias correction, no
-    exponential lr warm-up (both were worse in the finding's runs).
+    exponential lr warm-up (both trained worse in development runs).
     """
 
     optimizer_name = "ESGD"

@@ -1,0 +1,23 @@
+"""What every benchmark shares: where results go, the machine facts each results file records
+(``fitters.machine``), and how it is written (atomically, JSON beside Markdown)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fitters.machine import machine_facts
+from nf_precond.atomic import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str, results_dir: Path = RESULTS) -> None:
+    """``<name>.json`` and ``<name>.md`` in ``results_dir``, each written atomically."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results_dir / f"{name}.json", json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(results_dir / f"{name}.md", markdown)
+
+
+__all__ = ["RESULTS", "machine_facts", "write_results"]

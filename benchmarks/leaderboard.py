@@ -1,0 +1,234 @@
+"""The optimizer leaderboard: ours and the peers, each at its best-tuned learning rate, on real photos.
+
+``python -m benchmarks.leaderboard`` (``--smoke`` for a seconds-long check that everything runs).
+
+1. **Sweep** (tuning photo only): every optimizer runs at each learning rate of its grid for the budget; the lr
+   with the highest PSNR at the end of the budget wins. Line-search and damped methods (L-BFGS, torch's L-BFGS,
+   Levenberg–Marquardt) choose their own step, so their "lr" is the initial trial step and is not swept.
+2. **Race** (other photos): every optimizer at its winning lr, same budget, same seed and initial weights. The
+   baseline is Adam at its best lr: each optimizer's time and iterations to Adam's final PSNR, and its PSNR at
+   equal time (Adam's training time).
+
+Regimes: ``full`` (4x64 field, full batch: paper 1's image setting) and ``minibatch`` (4x256 field, batches of
+512: paper 2's), each for the activations sine, Gaussian, wavelet and ReLU-PE. Full-batch-only optimizers
+(L-BFGS, LM) run only in the full regime. Writes ``benchmarks/results/leaderboard.md/.json``,
+``leaderboard_sweep.md/.json`` and a PSNR-vs-time plot per regime and activation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import skimage.data
+
+from benchmarks.common import RESULTS, machine_facts, write_results
+from fitters import metrics
+from fitters.bench import BenchConfig, RunSpec, analyse, fit_one, run_config
+from fitters.build import check_fits
+from fitters.config import with_log_interval
+from fitters.signals import Signal, SignalOptions, load_signal
+from nf_precond.atomic import atomic_path
+from nf_precond.nn import FieldConfig
+from nf_precond.optim import OPTIMIZERS
+
+PHOTOS = Path(skimage.data.__file__).parent
+"""scikit-image's bundled photos (installed with the package, no download)."""
+TUNE_PHOTO = "camera.png"
+RACE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png")
+ACTIVATIONS = ("sine", "gauss", "wavelet", "relu-pe")
+REGIMES: dict[str, dict[str, Any]] = {
+    "full": {"field": FieldConfig(hidden=64, layers=4), "batch_size": 0},
+    "minibatch": {"field": FieldConfig(hidden=256, layers=4), "batch_size": 512},
+}
+LR_GRIDS: dict[str, tuple[float | None, ...]] = {
+    "adam": (1e-4, 3e-4, 1e-3, 3e-3),
+    "muon": (3e-3, 1e-2, 3e-2, 1e-1),
+    "soap": (1e-4, 3e-4, 1e-3, 3e-3),
+    "psgd": (1e-4, 3e-4, 1e-3, 3e-3),
+    "esgd": (0.05, 0.15, 0.5),
+    "lbfgs": (None,),
+    "torch-lbfgs": (None,),
+    "lm": (None,),
+}
+"""Learning rates swept per optimizer (None: the registry default, for methods that choose their own step)."""
+BASELINE = "adam"
+
+
+def photo(name: str, size: int) -> Signal:
+    return load_signal(PHOTOS / name, SignalOptions(resize=(size, size)))
+
+
+def optimizers_for(regime: str) -> list[str]:
+    """Every optimizer of the grid that the regime admits (full-batch-only methods need the full batch)."""
+    names = [name for name in LR_GRIDS if name in OPTIMIZERS]
+    return names if regime == "full" else [name for name in names if not OPTIMIZERS[name].full_batch]
+
+
+def base_config(path: Path, regime: str, activation: str, budget: float, size: int) -> BenchConfig:
+    settings = REGIMES[regime]
+    field = dataclasses.replace(settings["field"], activation=activation)
+    return BenchConfig(path=path, field=field, batch_size=settings["batch_size"], steps=10**7, time_budget=budget,
+                       threads=1, signal=SignalOptions(resize=(size, size)))  # fmt: skip
+
+
+def race(signal: Signal, base: BenchConfig, runs: list[tuple[str, float | None]]) -> list[dict[str, Any]]:
+    """Each (optimizer, lr) on ``signal`` for the budget; a run that diverges is kept with its status."""
+    results = []
+    for name, lr in runs:
+        label = name if lr is None else f"{name}@{lr:g}"
+        config = with_log_interval(run_config(base, RunSpec(label, name, lr)), signal.num_samples)
+        check_fits(config, signal)
+        print(f"leaderboard: {base.path.name} {base.field.activation} {label}", file=sys.stderr, flush=True)
+        results.append({"label": label, **fit_one(config, signal, target=None)})
+    return results
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Best lr per (regime, activation, optimizer) on the tuning photo."""
+    signal = photo(TUNE_PHOTO, args.size)
+    best: dict[str, Any] = {}
+    for regime in args.regimes:
+        for activation in args.activations:
+            base = base_config(PHOTOS / TUNE_PHOTO, regime, activation, args.budget, args.size)
+            runs = race(signal, base, [(name, lr) for name in optimizers_for(regime) for lr in LR_GRIDS[name]])
+            table = {}
+            for name in optimizers_for(regime):
+                mine = [run for run in runs if run["optim"] == name]
+                finals = [(run["final"].get("psnr", float("-inf")) if run["status"] != "diverged" else float("-inf"),
+                           run) for run in mine]  # fmt: skip
+                score, winner = max(finals, key=lambda pair: pair[0])
+                table[name] = {"lr": winner["lr"], "psnr": score if score > float("-inf") else None, "tried": {run["label"]: run["final"].get("psnr")
+                                                                             for run in mine}}  # fmt: skip
+            best[f"{regime}/{activation}"] = table
+    return best
+
+
+def speedup(run: dict[str, Any], baseline: dict[str, Any]) -> float | None:
+    """Baseline's training time / this run's time to the baseline's final PSNR (None: never got there)."""
+    reached = run["time_to_target_s"]
+    return baseline["time_s"] / reached if reached else None
+
+
+def race_all(args: argparse.Namespace, best: dict[str, Any]) -> dict[str, Any]:
+    boards: dict[str, Any] = {}
+    for regime in args.regimes:
+        for activation in args.activations:
+            key = f"{regime}/{activation}"
+            runs_spec = [(BASELINE, best[key][BASELINE]["lr"])] + [
+                (name, best[key][name]["lr"]) for name in optimizers_for(regime) if name != BASELINE
+            ]
+            photos = []
+            for name in args.photos:
+                signal = photo(name, args.size)
+                base = base_config(PHOTOS / name, regime, activation, args.budget, args.size)
+                runs = race(signal, base, runs_spec)
+                target = runs[0]["final"]["psnr"]
+                analyse(runs, "psnr", target)
+                equal_time = runs[0]["time_s"]
+                for run in runs:
+                    run["psnr_at_baseline_time"] = metrics.value_at(run["curve"], "psnr", "time_s", equal_time)
+                    run["speedup_vs_baseline"] = speedup(run, runs[0])
+                photos.append({"photo": name, "target": target, "runs": runs})
+            boards[key] = {"photos": photos, "verdict": verdict(photos)}
+            plot(key, photos, args.results_dir)
+    return boards
+
+
+def verdict(photos: list[dict[str, Any]]) -> dict[str, Any]:
+    """The optimizer with the best mean PSNR at the baseline's time, and each optimizer's median speed-up."""
+    names = [run["optim"] for run in photos[0]["runs"]]
+    mean_psnr: dict[str, float | None] = {}
+    for name in names:
+        values = [next(r for r in p["runs"] if r["optim"] == name)["psnr_at_baseline_time"] for p in photos]
+        mean_psnr[name] = statistics.fmean(values) if all(v is not None for v in values) else None
+    speedups = {}
+    for name in names:
+        values = [next(r for r in p["runs"] if r["optim"] == name)["speedup_vs_baseline"] for p in photos]
+        speedups[name] = statistics.median(values) if all(v is not None for v in values) else None
+    winner = max(names, key=lambda name: mean_psnr[name] if mean_psnr[name] is not None else float("-inf"))
+    return {"winner": winner, "mean_psnr_at_baseline_time": mean_psnr, "median_speedup": speedups}
+
+
+def plot(key: str, photos: list[dict[str, Any]], results_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(photos), figsize=(5 * len(photos), 4), dpi=110, squeeze=False)
+    for axis, entry in zip(axes[0], photos):
+        for run in entry["runs"]:
+            points = [(r["time_s"], r["psnr"]) for r in run["curve"] if r.get("psnr") is not None]
+            axis.plot(*zip(*points), label=run["label"])
+        axis.axhline(entry["target"], color="gray", linestyle=":", linewidth=1)
+        axis.set_title(f"{key}: {entry['photo']}")
+        axis.set_xlabel("training time (s)")
+        axis.set_ylabel("PSNR (dB)")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    with atomic_path(results_dir / f"leaderboard_{key.replace('/', '_')}.png") as temporary:
+        figure.savefig(temporary)
+    plt.close(figure)
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    return "–" if value is None or value != value else format(value, spec)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    facts = report["machine"]
+    lines = [
+        "# Optimizer leaderboard", "",
+        f"Photos: tuning `{TUNE_PHOTO}`, race {', '.join(f'`{p}`' for p in report['photos'])} (scikit-image's "
+        f"bundled photos, resized to {report['size']}²). Budget {report['budget_s']:.0f} s of training time per run, "
+        f"one thread. Machine: {facts['cpu']}, torch {facts['torch']}, 1-min load {facts['load_average_1min']}"
+        + ("" if facts["quiet"] else " (**busy machine: not evidence**)") + ".",
+        "Speed-up = best-tuned Adam's training time / the optimizer's time to Adam's final PSNR (median over photos; "
+        "– = not reached on every photo). PSNR at Adam's time: mean over photos.", "",
+    ]  # fmt: skip
+    for key, board in report["boards"].items():
+        sweep_row = report["sweep"][key]
+        lines += [f"## {key}", "", "| optimizer | best lr | mean PSNR at Adam's time | median speed-up |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for name, psnr in board["verdict"]["mean_psnr_at_baseline_time"].items():
+            lr = sweep_row[name]["lr"]
+            gain = board["verdict"]["median_speedup"][name]
+            lines.append(f"| {name} | {fmt(lr, 'g')} | {fmt(psnr)} | {fmt(gain) + 'x' if gain else '–'} |")
+        lines += ["", f"Verdict: **{board['verdict']['winner']}**", "", "Sweep on the tuning photo (final PSNR per lr):", ""]
+        for name, entry in sweep_row.items():
+            tried = ", ".join(f"{label} {fmt(value)}" for label, value in entry["tried"].items())
+            lines.append(f"- {name}: {tried}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=60.0, help="training seconds per run (default 60)")
+    parser.add_argument("--size", type=int, default=256, help="photos are resized to SIZE x SIZE (default 256)")
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=list(ACTIVATIONS))
+    parser.add_argument("--photos", nargs="+", default=list(RACE_PHOTOS))
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run that checks the pipeline")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.budget, args.size, args.activations, args.photos = 1.0, 32, ["sine"], args.photos[:1]
+    best = sweep(args)
+    boards = race_all(args, best)
+    report = {"budget_s": args.budget, "size": args.size, "photos": args.photos, "machine": machine_facts(),
+              "sweep": best, "boards": boards}  # fmt: skip
+    name = "leaderboard_smoke" if args.smoke else "leaderboard"
+    write_results(name, report, markdown(report), args.results_dir)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
