@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
+from fitters.compile import compile_field
 from fitters.config import FitConfig, int_options
 from fitters.kilo import KiloLoop, make_grid
 from fitters.loop import FitLoop, LoopOptions
 from fitters.memory import check_full_batch_fits
 from fitters.signals import Signal
 from nf_precond.nn import CoordinateMLP
-from nf_precond.optim import OPTIMIZERS, build_optimizer, needs_graph
+from nf_precond.optim import OPTIMIZERS, build_optimizer
 from nf_precond.sampling import FullBatch, INTSampler, RandomBatches, Sampler
 
 
@@ -26,14 +27,7 @@ def build_components(config: FitConfig, signal: Signal) -> tuple[torch.nn.Module
     torch.manual_seed(config.seed)
     model = CoordinateMLP(signal.in_features, signal.out_features, config.field).to(device)
     optimizer = build_optimizer(config.optim, model, lr=config.lr)
-    if config.compile:
-        if needs_graph(optimizer) or config.optim not in ("adam", "sgd", "lbfgs"):
-            raise ValueError(
-                f"--compile cannot be used with --optim {config.optim}: compiled fields have no double backward "
-                "(curvature estimates need it); drop --compile"
-            )
-        model.compile()
-    return model, optimizer, build_sampler(config, signal)
+    return compile_field(model, optimizer, config, signal), optimizer, build_sampler(config, signal)
 
 
 def build_sampler(config: FitConfig, signal: Signal) -> Sampler:
@@ -73,8 +67,8 @@ def check_fits(config: FitConfig, signal: Signal) -> None:
             "--kilo trains every tile on all its points (paper 1: 10k points per tile); drop --batch-size and "
             "--sampler, or use fewer, larger tiles"
         )
-    if config.compile:
-        raise ValueError("--compile does not apply to --kilo fields; drop --compile")
+    if config.compile == "on":
+        raise ValueError("--compile on does not apply to --kilo fields yet; use --compile auto or off")
     if OPTIMIZERS[config.optim].batched is None:
         usable = ", ".join(name for name, spec in OPTIMIZERS.items() if spec.batched is not None)
         raise ValueError(f"--kilo works with --optim {usable}; got --optim {config.optim}")
@@ -89,4 +83,6 @@ def build_loop(config: FitConfig, signal: Signal, options: LoopOptions, **kwargs
         return KiloLoop(signal, grid, config.field, options, optim=config.optim, lr=config.lr, seed=config.seed,
                         group=config.kilo_group, **kwargs)  # fmt: skip
     model, optimizer, sampler = build_components(config, signal)
+    if hasattr(model, "compile_s"):
+        kwargs["summary_extra"] = {**(kwargs.get("summary_extra") or {}), "compile_s": round(model.compile_s, 3)}
     return FitLoop(signal, model, optimizer, sampler, options, **kwargs)

@@ -94,8 +94,10 @@ class FitConfig:
     """auto = cuda when available, else cpu."""
     threads: int | None = None
     """CPU threads for torch; None = torch's default. On a busy shared machine 1 avoids oversubscription stalls."""
-    compile: bool = False
-    """torch.compile the field (first-order and L-BFGS optimizers only: compiled graphs have no double backward)."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the field: on; off; auto = on when the run is long enough to repay the compile time (at least
+    2e7 point evaluations in training, or --time-budget >= 60 s). Curvature steps (ESGD, AdaHessian) run eager,
+    K-FAC never compiles; the compile time is reported as compile_s and is not training time."""
     seed: int = 0
     """Seed for initialization, mini-batch order and curvature probes."""
     out: Path | None = None
@@ -175,6 +177,9 @@ def validate(config: FitConfig) -> None:
     if config.path == NO_PATH:
         raise ValueError("no signal file given; usage: nf-fit PATH [--optim ...] (see nf-fit --help)")
     checks = [
+        (config.compile != "on" or OPTIMIZERS[config.optim].compiles,
+         f"--compile on: --optim {config.optim} hooks or differentiates the field in ways compiled graphs do not "
+         "support; use --compile auto or off"),  # fmt: skip
         (config.optim in OPTIMIZERS, f"--optim {config.optim!r} is unknown; choose one of {', '.join(OPTIMIZERS)}"),
         (config.steps >= 1, f"--steps must be >= 1, got {config.steps}"),
         (config.lr is None or config.lr > 0, f"--lr must be > 0, got {config.lr}"),

@@ -3,6 +3,7 @@
 
 from nf_precond.nn.activations import ACTIVATIONS, FourierFeatures, GaborWavelet, Gaussian, Sine
 from nf_precond.nn.batched import BatchedMLP
+from nf_precond.nn.compiled import CompiledField
 from nf_precond.nn.mlp import INITS, ActivationName, CoordinateMLP, FieldConfig
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "ActivationName",
     "INITS",
     "BatchedMLP",
+    "CompiledField",
     "CoordinateMLP",
     "FieldConfig",
     "FourierFeatures",

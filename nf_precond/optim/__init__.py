@@ -36,6 +36,9 @@ class OptimizerSpec:
     batched: OptimizerSpec | None = None
     """The optimizer that trains the N nets of a ``BatchedMLP`` at once, each exactly as if alone (Kilo tiles);
     None = this one would couple the nets."""
+    compiles: bool = True
+    """Whether the field may run compiled (``CompiledField``; curvature steps run eager by themselves). False for
+    optimizers that hook the field's modules (K-FAC) or differentiate it functionally."""
 
     def load(self) -> type[torch.optim.Optimizer]:
         return getattr(importlib.import_module(self.module), self.cls)
@@ -60,7 +63,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         "nf_precond.optim.adahessian", "AdaHessian", {"lr": 0.15, "variant": "equilibration"}
     ),
     "shampoo": OptimizerSpec("nf_precond.optim.shampoo", "Shampoo", {"lr": 0.1}),
-    "kfac": OptimizerSpec("nf_precond.optim.kfac", "KFAC", {"lr": 0.1, "damping": 0.01}, builds_from="model"),
+    "kfac": OptimizerSpec(
+        "nf_precond.optim.kfac", "KFAC", {"lr": 0.1, "damping": 0.01}, builds_from="model", compiles=False
+    ),
     "lbfgs": OptimizerSpec(
         "nf_precond.optim.lbfgs",
         "LBFGS",
@@ -71,6 +76,22 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             "nf_precond.optim.batched_lbfgs", "BatchedLBFGS", {"lr": 1.0, "history_size": 20}, builds_from="nets",
             full_batch=True,
         ),
+    ),
+    # Peers a neural-field researcher would try. Muon splits the network's Linear layers, so it is built from the
+    # model; soap and psgd are heavyball's (the peers extra); lm needs residuals (make_closure's compute_residuals).
+    "muon": OptimizerSpec(
+        "nf_precond.optim.muon", "MuonWithAdamW", {"lr": 1e-3, "adamw_lr_ratio": 1.0}, builds_from="model"
+    ),
+    "soap": OptimizerSpec("nf_precond.optim.peers", "SOAP", {"lr": 1e-3}),
+    "psgd": OptimizerSpec("nf_precond.optim.peers", "PSGDKron", {"lr": 3e-4}),
+    "torch-lbfgs": OptimizerSpec(
+        "torch.optim",
+        "LBFGS",
+        {"lr": 1.0, "history_size": 100, "max_iter": 1, "line_search_fn": "strong_wolfe"},
+        full_batch=True,
+    ),
+    "lm": OptimizerSpec(
+        "nf_precond.optim.lm", "LevenbergMarquardt", {"lr": 1.0, "damping": 1e-3}, full_batch=True, compiles=False
     ),
 }
 

@@ -124,10 +124,10 @@ def test_resume_appends_and_continues(tmp_path: Path, photo_path: Path, capsys: 
         (lambda tmp, img: [img, "--lr-schedule", "cosine", "--lr-min", "-1"], ["--lr-min must be >= 0"]),
         (lambda tmp, img: [img, "--config", tmp / "bad.yaml"], ["unknown setting 'learning_rate'"]),
         (lambda tmp, img: [img, "--resume"], ["nothing to resume"]),
-        (lambda tmp, img: [img, "--compile", "--optim", "esgd"], ["--compile"]),
+        (lambda tmp, img: [img, "--compile", "on", "--optim", "kfac"], ["--compile on", "kfac"]),
         (lambda tmp, img: [], ["no signal file"]),
     ],
-    ids=["missing", "corrupt", "extension", "steps", "lr", "lr-min", "preset-key", "resume-empty", "compile-esgd", "no-path"],
+    ids=["missing", "corrupt", "extension", "steps", "lr", "lr-min", "preset-key", "resume-empty", "compile-kfac", "no-path"],
 )
 def test_bad_input_one_line_no_output(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture, make_args, needles) -> None:
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
