@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,18 +31,17 @@ import torch
 from skimage import data
 from skimage.transform import resize
 
+from benchmarks.common import RESULTS, machine_facts, write_results
 from fitters import metrics
-from fitters.signals.image import ImageSignal
-from fitters.signals.image import load as load_image
 from fitters.kilo import KiloLoop, KiloSignal, initial_field, make_grid
 from fitters.loop import LoopOptions
-from nf_precond.atomic import atomic_write_text
-from fitters.signals.video import load as load_video
 from fitters.signals import SignalOptions
+from fitters.signals.image import ImageSignal
+from fitters.signals.image import load as load_image
+from fitters.signals.video import load as load_video
 from nf_precond.nn import FieldConfig
 from nf_precond.optim.lbfgs import LBFGS
 
-RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 TARGET_DB = 30.0
 
@@ -55,15 +53,8 @@ def astronaut(size: int) -> ImageSignal:
     return ImageSignal(pixels, name=f"astronaut{size}")
 
 
-def machine() -> dict[str, Any]:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 1)}  # fmt: skip
-
-
-def write(name: str, payload: dict[str, Any], markdown: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n")
-    atomic_write_text(RESULTS / f"{name}.md", markdown)
+def write(results_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> None:
+    write_results(name, payload, markdown, results_dir)
     print(markdown)
 
 
@@ -122,15 +113,15 @@ def race_markdown(title: str, setup: str, result: dict[str, Any], machine_info: 
 
 
 def part_image(args: argparse.Namespace) -> None:
-    signal = load_image(args.photo, SignalOptions()) if args.photo else astronaut(args.size)
+    signal = (load_image(args.photo, SignalOptions()) if args.photo else astronaut(args.size)).to(args.device)
     result = race(signal, args.tiles, (64, 4), args.budget_s)
     setup = (f"KiloImage: {signal.name} {signal.height}x{signal.width} RGB, --kilo {args.tiles} "
              f"({make_grid(signal, args.tiles).points_per_tile} points per tile), 4x64 sine (ω0 30) per tile, full batch per tile, "
              f"{args.budget_s:.0f} s training budget per run (evaluation excluded). Paper 1: 100x100-pixel tiles on "
              "1800x900 to 4000x4000 photos, ~14x (Fig. 6) and 4-6x (supp. Fig. 9-13) time to a PSNR vs Adam. "
              "Scaled down to fit a shared 2-core CPU.")  # fmt: skip
-    info = machine()
-    write(args.image_name, {"setup": setup, "machine": info, **result}, race_markdown("KiloImage: L-BFGS vs Adam", setup, result, info))
+    info = machine_facts()
+    write(args.results_dir, args.image_name, {"setup": setup, "machine": info, **result}, race_markdown("KiloImage: L-BFGS vs Adam", setup, result, info))
 
 
 def part_video(args: argparse.Namespace) -> None:
@@ -142,8 +133,8 @@ def part_video(args: argparse.Namespace) -> None:
              f"{signal.frame_shape[2]}), --kilo {tiles} ({grid.points_per_tile} points per tile), 3x64 sine per tile, "
              f"full batch, {args.budget_s:.0f} s per run. PSNR = mean per-frame PSNR. Paper 1 supp. 4.5: 100 frames of "
              "700x1200 in 8400 tiles of 10k points, ~4x vs Adam. Scaled down.")  # fmt: skip
-    info = machine()
-    write("kilo_video", {"setup": setup, "machine": info, **result}, race_markdown("KiloVideo: L-BFGS vs Adam", setup, result, info))
+    info = machine_facts()
+    write(args.results_dir, "kilo_video", {"setup": setup, "machine": info, **result}, race_markdown("KiloVideo: L-BFGS vs Adam", setup, result, info))
 
 
 def loop_of_tiles(signal: KiloSignal, field: FieldConfig, steps: int) -> tuple[float, torch.Tensor]:
@@ -152,7 +143,7 @@ def loop_of_tiles(signal: KiloSignal, field: FieldConfig, steps: int) -> tuple[f
     outputs = []
     seconds = 0.0
     for index in range(signal.grid.num_tiles):
-        net = initial.net(index)
+        net = initial.net(index).to(signal.coords.device)
         optimizer = LBFGS(net.parameters(), lr=1.0, history_size=20)
         coords, target = signal.coords[index], signal.targets[index]
 
@@ -172,7 +163,7 @@ def loop_of_tiles(signal: KiloSignal, field: FieldConfig, steps: int) -> tuple[f
 
 
 def part_loop(args: argparse.Namespace) -> None:
-    signal = astronaut(args.size)
+    signal = astronaut(args.size).to(args.device)
     rows = []
     for tiles, hidden, layers in (("32x32", 64, 4), ("16x16", 64, 4), ("4x4", 64, 4)):
         grid = make_grid(signal, tiles)
@@ -195,13 +186,13 @@ def part_loop(args: argparse.Namespace) -> None:
         "Batched: one BatchedMLP + BatchedLBFGS (history 20) over all tiles (training time of the fit loop, "
         "evaluation excluded). Loop: one CoordinateMLP + LBFGS (history 20) per tile, trained one after the other "
         "(optimizer steps only). Both should end at the same PSNR (same algorithm per tile).", "",
-        f"Machine: {machine()}", "",
+        f"Machine: {machine_facts()}", "",
         "| tiles | points/tile | field | batched | loop | speed-up | PSNR batched | PSNR loop |", "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['tiles']} ({r['num_tiles']}) | {r['points_per_tile']} | {r['field']} | {r['batched_s']:.2f} s | "
                      f"{r['loop_s']:.2f} s | {r['speedup']:.1f}x | {r['batched_psnr']:.2f} dB | {r['loop_psnr']:.2f} dB |")  # fmt: skip
-    write("kilo_loop", {"machine": machine(), "rows": rows}, "\n".join(lines) + "\n")
+    write(args.results_dir, args.loop_name, {"machine": machine_facts(), "rows": rows}, "\n".join(lines) + "\n")
 
 
 def memory_child(size: int, tiles: str, group: int | None, steps: int) -> dict[str, Any]:
@@ -238,16 +229,16 @@ def part_memory(args: argparse.Namespace) -> None:
         "(includes Python, torch, the signal with its coordinates, and the stitched reconstruction). Children run with "
         "MALLOC_MMAP_THRESHOLD_=65536: with glibc's default heap the same runs peaked at 2.1-4.1 GiB, unordered by "
         "group size (heap fragmentation across groups, not live memory).", "",
-        f"Machine: {machine()}", "",
+        f"Machine: {machine_facts()}", "",
         "| tiles at once | peak RSS | RSS after loading the signal | signal targets alone | wall |", "|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['group']} of {r['num_tiles']} | {r['peak_rss_mib']:.0f} MiB | {r['after_load_rss_mib']:.0f} MiB | "
                      f"{r['signal_mib']:.0f} MiB | {r['wall_s']:.0f} s |")  # fmt: skip
-    write(args.memory_name, {"machine": machine(), "rows": rows}, "\n".join(lines) + "\n")
+    write(args.results_dir, args.memory_name, {"machine": machine_facts(), "rows": rows}, "\n".join(lines) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["image", "loop", "memory", "video", "all", "memory-child"])
     parser.add_argument("--threads", type=int, default=1)
@@ -263,7 +254,10 @@ def main() -> None:
     parser.add_argument("--memory-groups", type=int, nargs="+", default=[4, 16, 64], help="tiles at once, one run each")
     parser.add_argument("--memory-name", default="kilo_memory", help="results file name for the memory part")
     parser.add_argument("--group", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="image and loop parts: cpu or cuda")
+    parser.add_argument("--loop-name", default="kilo_loop", help="results file name for the loop part")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.part == "memory-child":
         print(json.dumps(memory_child(args.size, args.tiles, args.group, args.steps)))
