@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: $(STAMP)
 ## The test suite (CPU, a few minutes). pytest's exit 5 (no tests collected) fails the target.
 test: $(STAMP)
 	$(PY) -m pytest
+
+## Wheels the GPU suite needs on a bare CUDA machine (Python 3.12 with torch, numpy, scikit-image, matplotlib):
+## carry .whl there and run: python3 -m benchmarks.gpu_suite --wheels .whl
+gpu-wheels:
+	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
