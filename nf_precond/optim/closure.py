@@ -13,14 +13,41 @@ def needs_graph(optimizer: torch.optim.Optimizer) -> bool:
     return bool(getattr(optimizer, "needs_graph", False))
 
 
-def make_closure(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+def wants_residuals(optimizer: torch.optim.Optimizer) -> bool:
+    """True when the optimizer's ``step`` wants the residual vector ``r`` (loss = mean(r²)) instead of a loss with its
+    gradient: Levenberg–Marquardt builds JᵀJ from the residuals' Jacobian."""
+    return bool(getattr(optimizer, "wants_residuals", False))
+
+
+def make_closure(
+    optimizer: torch.optim.Optimizer,
+    compute_loss: Callable[[], torch.Tensor],
+    compute_residuals: Callable[[], torch.Tensor] | None = None,
+) -> Callable[[], torch.Tensor]:
     """Wrap ``compute_loss`` into the closure ``optimizer.step`` expects.
 
     The closure zeroes the gradients, evaluates the loss, and back-propagates with ``create_graph`` exactly when the
     optimizer asks for it, so no caller can forget the graph on curvature steps. ``compute_loss`` may return a scalar
     or, for batched optimizers over N independent networks, a vector of N losses (their sum is differentiated: the
     networks share no parameters, so each gets its own gradient). The closure returns the loss, detached.
+
+    An optimizer that declares ``wants_residuals = True`` gets a closure that returns ``compute_residuals()`` instead:
+    the residual tensor (prediction - target, any shape, loss = mean(r²)), with its graph when called with grad
+    enabled and no backward pass; the optimizer decides when it needs the graph. Such an optimizer fits
+    mean-squared-error signals only, so ``compute_residuals`` is then required.
     """
+    if wants_residuals(optimizer):
+        if compute_residuals is None:
+            raise ValueError(
+                "lm fits mean-squared-error signals only; make_closure needs compute_residuals, a callable returning "
+                "the residual tensor prediction - target (the loss is its mean square)"
+            )
+        residuals = compute_residuals
+
+        def residual_closure() -> torch.Tensor:
+            return residuals()
+
+        return residual_closure
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
