@@ -36,7 +36,12 @@ class FullBatch(Sampler):
 
 
 class RandomBatches(Sampler):
-    """Mini-batches of ``batch_size`` drawn without replacement, reshuffled every epoch (paper 2: 512)."""
+    """Mini-batches of ``batch_size`` drawn without replacement, reshuffled every epoch (paper 2: 512).
+
+    The state is O(1): the generator state the current epoch's permutation was drawn from and the position in it;
+    ``load_state_dict`` redraws the same permutation, so a resumed run sees the same batches without the checkpoint
+    holding one index per sample.
+    """
 
     def __init__(self, num_samples: int, batch_size: int, device: torch.device | str = "cpu", seed: int = 0):
         if batch_size < 1:
@@ -45,11 +50,13 @@ class RandomBatches(Sampler):
         self.batch_size = min(batch_size, num_samples)
         self.device = torch.device(device)
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._epoch_state: torch.Tensor | None = None  # generator state that drew ``_order``; None before the first
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
 
     def next_indices(self, step: int, errors: ErrorFn) -> torch.Tensor:
         if self._cursor + self.batch_size > self._order.numel():
+            self._epoch_state = self._generator.get_state()
             self._order = torch.randperm(self.num_samples, generator=self._generator)
             self._cursor = 0
         batch = self._order[self._cursor : self._cursor + self.batch_size]
@@ -61,8 +68,16 @@ class RandomBatches(Sampler):
         return True
 
     def state_dict(self) -> dict:
-        return {"generator": self._generator.get_state(), "order": self._order, "cursor": self._cursor}
+        return {"num_samples": self.num_samples, "epoch_state": self._epoch_state, "cursor": self._cursor}
 
     def load_state_dict(self, state: dict) -> None:
-        self._generator.set_state(state["generator"])
-        self._order, self._cursor = state["order"], state["cursor"]
+        if state["num_samples"] != self.num_samples:
+            raise ValueError(
+                f"the checkpoint's batches cover {state['num_samples']} samples but this signal has "
+                f"{self.num_samples}; resume with the same signal and signal options"
+            )
+        self._epoch_state, self._cursor = state["epoch_state"], state["cursor"]
+        self._order = torch.empty(0, dtype=torch.long)
+        if self._epoch_state is not None:  # redraw the current epoch's permutation; the generator ends where it was
+            self._generator.set_state(self._epoch_state)
+            self._order = torch.randperm(self.num_samples, generator=self._generator)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from nf_precond.sampling.base import ErrorFn, Sampler
@@ -173,9 +174,11 @@ class INTSampler(Sampler):
         return self._changed
 
     def state_dict(self) -> dict:
+        """The schedule position and the current subset as one bit per sample (the subset was ranked by an earlier
+        field, so it cannot be redrawn; bits are 64x smaller than the index list)."""
         return {
             "num_samples": self.num_samples,
-            "indices": None if self._indices is None else self._indices.cpu(),
+            "selection": None if self._indices is None else _pack(self._indices, self.num_samples),
             "selected_at": self._selected_at,
             "reselections": self._reselections,
             "select_total_s": self._select_total_s,
@@ -187,12 +190,25 @@ class INTSampler(Sampler):
                 f"the checkpoint's INT state covers {state['num_samples']} samples but this signal has "
                 f"{self.num_samples}; resume with the same signal and signal options"
             )
-        indices = state["indices"]
-        self._indices = None if indices is None else indices.to(self.device)
+        selection = state["selection"]
+        self._indices = None if selection is None else _unpack(selection, self.num_samples).to(self.device)
         self._selected_at = state["selected_at"]
         self._reselections, self._select_total_s = state["reselections"], state["select_total_s"]
         self._reselected = self._changed = False
         self._select_s = 0.0
+
+
+def _pack(indices: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Sorted indices as a bit mask over ``num_samples``, packed 8 samples per byte."""
+    mask = np.zeros(num_samples, dtype=bool)
+    mask[indices.cpu().numpy()] = True
+    return torch.from_numpy(np.packbits(mask))
+
+
+def _unpack(packed: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """The sorted indices of a mask written by ``_pack``."""
+    mask = np.unpackbits(packed.numpy(), count=num_samples).astype(bool)
+    return torch.from_numpy(np.flatnonzero(mask))
 
 
 def _same_selection(previous: torch.Tensor | None, current: torch.Tensor | None, first: bool) -> bool:
