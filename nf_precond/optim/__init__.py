@@ -84,10 +84,12 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     ),
     "soap": OptimizerSpec("nf_precond.optim.peers", "SOAP", {"lr": 1e-3}),
     "psgd": OptimizerSpec("nf_precond.optim.peers", "PSGDKron", {"lr": 3e-4}),
+    # max_eval: torch's default, 1.25 * max_iter, would give a one-iteration step's line search a single trial; when
+    # that trial fails it returns t = 0 and every later step repeats it. 25 is torch's budget for its default 20.
     "torch-lbfgs": OptimizerSpec(
         "torch.optim",
         "LBFGS",
-        {"lr": 1.0, "history_size": 100, "max_iter": 1, "line_search_fn": "strong_wolfe"},
+        {"lr": 1.0, "history_size": 100, "max_iter": 1, "max_eval": 25, "line_search_fn": "strong_wolfe"},
         full_batch=True,
     ),
     "lm": OptimizerSpec(

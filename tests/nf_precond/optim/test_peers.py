@@ -122,6 +122,19 @@ def test_non_finite_loss_is_refused_and_parameters_untouched(name):
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("seed", [4, 5, 6, 7])
+def test_torch_lbfgs_line_search_has_room_to_backtrack(seed, camera_crop):
+    """With torch's own max_eval (1.25 x max_iter = 1) these sine fields never move: the first trial overshoots, the
+    line search may not try another and returns t = 0, and every step repeats it. The registered budget fits them."""
+    coords, targets = camera_crop
+    torch.manual_seed(seed)
+    model = CoordinateMLP(2, 1, FieldConfig(hidden=32, layers=2))
+    optimizer = build_optimizer("torch-lbfgs", model)
+    initial = _mse(model, coords, targets)
+    _run(model, optimizer, coords, targets, steps=20)
+    assert _mse(model, coords, targets) < 0.7 * initial
+
+
 # -- Muon with AdamW -----------------------------------------------------------------------------------------------
 
 
