@@ -39,8 +39,8 @@ def hidden_weights(model: nn.Module) -> list[nn.Parameter]:
 class MuonWithAdamW(torch.optim.Optimizer):
     """``torch.optim.Muon`` on ``hidden_weights(model)``, ``torch.optim.AdamW`` on the other trainable parameters.
 
-    ``param_groups[0]`` holds the Muon matrices and ``param_groups[1]`` the rest (either may be empty: a network with
-    one hidden layer has no hidden matrix). The two torch optimizers do the arithmetic; this class owns their
+    ``param_groups`` is [the Muon matrices, the rest], each marked by ``use_muon``; an empty one is left out (a network
+    with one hidden layer has no hidden matrix). The two torch optimizers do the arithmetic; this class owns their
     hyperparameters and state, so ``state_dict``/``load_state_dict`` and lr schedules see one ordinary optimizer.
     ``step`` returns the loss before the step.
     """
