@@ -82,7 +82,11 @@ def race(signal: Signal, base: BenchConfig, runs: list[tuple[str, float | None]]
     for name, lr in runs:
         label = name if lr is None else f"{name}@{lr:g}"
         config = with_log_interval(run_config(base, RunSpec(label, name, lr)), signal.num_samples)
-        check_fits(config, signal)
+        try:
+            check_fits(config, signal)
+        except ValueError as error:  # e.g. Levenberg–Marquardt on a problem too large for it: recorded, not raced
+            results.append({"label": label, "optim": name, "lr": lr, "status": "refused", "reason": str(error)})
+            continue
         print(f"leaderboard: {base.path.name} {base.field.activation} {label}", file=sys.stderr, flush=True)
         results.append({"label": label, **fit_one(config, signal, target=None)})
     return results
@@ -99,6 +103,10 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             table = {}
             for name in optimizers_for(regime):
                 mine = [run for run in runs if run["optim"] == name]
+                if all(run["status"] == "refused" for run in mine):
+                    table[name] = {"lr": None, "psnr": None, "refused": mine[0]["reason"], "tried": {}}
+                    continue
+                mine = [run for run in mine if run["status"] != "refused"]
                 finals = [(run["final"].get("psnr", float("-inf")) if run["status"] != "diverged" else float("-inf"),
                            run) for run in mine]  # fmt: skip
                 score, winner = max(finals, key=lambda pair: pair[0])
@@ -120,7 +128,8 @@ def race_all(args: argparse.Namespace, best: dict[str, Any]) -> dict[str, Any]:
         for activation in args.activations:
             key = f"{regime}/{activation}"
             runs_spec = [(BASELINE, best[key][BASELINE]["lr"])] + [
-                (name, best[key][name]["lr"]) for name in optimizers_for(regime) if name != BASELINE
+                (name, best[key][name]["lr"]) for name in optimizers_for(regime)
+                if name != BASELINE and "refused" not in best[key][name]
             ]
             photos = []
             for name in args.photos:
@@ -203,7 +212,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Verdict: **{board['verdict']['winner']}**", "", "Sweep on the tuning photo (final PSNR per lr):", ""]
         for name, entry in sweep_row.items():
             tried = ", ".join(f"{label} {fmt(value)}" for label, value in entry["tried"].items())
-            lines.append(f"- {name}: {tried}")
+            lines.append(f"- {name}: " + (f"refused ({entry['refused']})" if "refused" in entry else tried))
         lines.append("")
     return "\n".join(lines)
 

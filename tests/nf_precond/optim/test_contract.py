@@ -20,8 +20,17 @@ def _field(activation: str) -> CoordinateMLP:
     return CoordinateMLP(2, 1, FieldConfig(hidden=32, layers=2, activation=activation, **kwargs))
 
 
+def _closure(optimizer, model, coords, targets, scale: float = 1.0):
+    """The closure every optimizer gets: the mean squared error, and its residuals for those that want them (LM)."""
+    return make_closure(
+        optimizer,
+        lambda: torch.nn.functional.mse_loss(model(coords), targets) * scale,
+        compute_residuals=lambda: (model(coords) - targets) * scale,
+    )
+
+
 def _run(model, optimizer, coords, targets, steps: int) -> list[float]:
-    closure = make_closure(optimizer, lambda: torch.nn.functional.mse_loss(model(coords), targets))
+    closure = _closure(optimizer, model, coords, targets)
     return [float(optimizer.step(closure)) for _ in range(steps)]
 
 
@@ -31,7 +40,7 @@ def test_lowers_loss_on_real_photo(name, activation, camera_crop):
     coords, targets = camera_crop
     model = _field(activation)
     optimizer = build_optimizer(name, model)
-    closure = make_closure(optimizer, lambda: torch.nn.functional.mse_loss(model(coords), targets))
+    closure = _closure(optimizer, model, coords, targets)
     with torch.no_grad():
         initial = float(torch.nn.functional.mse_loss(model(coords), targets))
     steps = 20 if OPTIMIZERS[name].full_batch else 200
@@ -79,7 +88,7 @@ def test_non_finite_loss_is_refused_and_parameters_untouched(name, bad, camera_c
     optimizer = build_optimizer(name, model)
     _run(model, optimizer, coords, targets, steps=2)
     before = [p.detach().clone() for p in model.parameters()]
-    closure = make_closure(optimizer, lambda: torch.nn.functional.mse_loss(model(coords), targets) * bad)
+    closure = _closure(optimizer, model, coords, targets, scale=bad)
     with pytest.raises(NonFiniteLossError, match="not finite"):
         optimizer.step(closure)
     for p, q in zip(model.parameters(), before):
