@@ -23,7 +23,7 @@ from nf_precond.sampling import FullBatch, INTSampler, RandomBatches, Sampler
 
 def build_components(config: FitConfig, signal: Signal) -> tuple[torch.nn.Module, torch.optim.Optimizer, Sampler]:
     """The field, optimizer and sampler a resolved config describes, on the signal's device, seeded."""
-    device = signal.coords.device
+    device = signal.device
     torch.manual_seed(config.seed)
     model = CoordinateMLP(signal.in_features, signal.out_features, config.field).to(device)
     optimizer = build_optimizer(config.optim, model, lr=config.lr)
@@ -32,7 +32,7 @@ def build_components(config: FitConfig, signal: Signal) -> tuple[torch.nn.Module
 
 def build_sampler(config: FitConfig, signal: Signal) -> Sampler:
     """The resolved config's --sampler over the signal's samples (a batch as large as the signal is the full batch)."""
-    device = signal.coords.device
+    device = signal.device
     if config.sampler == "int":
         return INTSampler.from_options(int_options(config), signal.num_samples, config.steps, device)
     if config.sampler == "full" or config.batch_size >= signal.num_samples:
@@ -46,6 +46,7 @@ def loop_options(config: FitConfig) -> LoopOptions:
         log_every=config.log_every,
         checkpoint_every=config.checkpoint_every,
         time_budget=config.time_budget,
+        wall_budget=config.wall_budget,
         target=config.target,
         eval_chunk=config.eval_chunk,
         reset_on_new_selection=OPTIMIZERS[config.optim].full_batch and config.lbfgs_on_reselect == "reset",
@@ -57,10 +58,12 @@ def loop_options(config: FitConfig) -> LoopOptions:
 def check_fits(config: FitConfig, signal: Signal) -> None:
     """Refuse, before any work, a run whose settings cannot fit ``signal``: the full-batch memory guard, or tiles
     that the signal or the optimizer cannot take. The one validation of --kilo settings."""
+    if getattr(OPTIMIZERS[config.optim].load(), "wants_residuals", False):
+        check_least_squares_fits(config, signal)
     if config.kilo is None:
         if config.kilo_group is not None:
             raise ValueError(f"--kilo-group {config.kilo_group} applies only to --kilo; add --kilo TILES or drop it")
-        check_full_batch_fits(signal, config.field, config.batch_size, signal.coords.device)
+        check_full_batch_fits(signal, config.field, config.batch_size, signal.device)
         return
     if config.sampler != "full" or config.batch_size:
         raise ValueError(
@@ -73,6 +76,27 @@ def check_fits(config: FitConfig, signal: Signal) -> None:
         usable = ", ".join(name for name, spec in OPTIMIZERS.items() if spec.batched is not None)
         raise ValueError(f"--kilo works with --optim {usable}; got --optim {config.optim}")
     make_grid(signal, config.kilo)
+
+
+LEAST_SQUARES_MAX_WORK = 1e12
+"""Levenberg–Marquardt builds its Jacobian one backward pass over the whole batch per residual row, so a step costs
+about residuals x samples x parameters multiply-adds; above this a step takes minutes on a CPU."""
+
+
+def check_least_squares_fits(config: FitConfig, signal: Signal) -> None:
+    """Levenberg–Marquardt needs a mean-squared-error signal and a Jacobian it can afford."""
+    if not signal.least_squares:
+        raise ValueError(f"--optim {config.optim} fits mean-squared-error signals only; {signal.kind} signals train "
+                         "with cross-entropy: choose another --optim (e.g. lbfgs)")  # fmt: skip
+    samples = config.batch_size or signal.num_samples
+    parameters = config.field.num_parameters(signal.in_features, signal.out_features)
+    work = samples * signal.out_features * samples * parameters
+    if work > LEAST_SQUARES_MAX_WORK:
+        raise ValueError(
+            f"--optim {config.optim}: one step would build a Jacobian of {samples * signal.out_features:,} residuals x "
+            f"{parameters:,} parameters at about {work:.1g} multiply-adds, too slow to train; shrink the signal "
+            "(--signal.resize) or the field (--hidden), or use --optim lbfgs"
+        )
 
 
 def build_loop(config: FitConfig, signal: Signal, options: LoopOptions, **kwargs: Any) -> FitLoop | KiloLoop:

@@ -29,6 +29,12 @@ from nf_precond.sampling import Sampler
 
 CHECKPOINT_INTERVAL_S = 30.0
 """Default wall-time spacing of checkpoints: a Ctrl-C always checkpoints, a crash loses at most this much."""
+FULL_EVAL_INTERVAL_S = 60.0
+"""Least wall time between evaluations of the whole signal while training (logs in between measure the progress
+subset, ``Signal.progress_indices``); the last record of a run is always a whole-signal one."""
+FULL_EVAL_COST_FACTOR = 10.0
+"""After a whole-signal evaluation that took d seconds, wait at least this many times d: it costs at most ~10 % of
+wall time, however large the signal."""
 
 Preview = Callable[[], "np.ndarray | None"]
 LogCallback = Callable[[dict[str, Any], Preview], None]
@@ -48,6 +54,8 @@ class LoopOptions:
     ``CHECKPOINT_INTERVAL_S`` of wall time (L-BFGS checkpoints carry the history, so not every step)."""
     time_budget: float | None = None
     """Stop once training time (evaluation excluded) reaches this many seconds."""
+    wall_budget: float | None = None
+    """Stop once the loop's wall time (training, evaluation, logging, checkpoints) reaches this many seconds."""
     target: float | None = None
     """Stop at the first log where the headline metric reaches this value."""
     eval_chunk: int = 65536
@@ -63,7 +71,7 @@ class LoopOptions:
 
 @dataclass
 class FitOutcome:
-    """How a run ended: ``status`` is completed, target_reached, time_budget, interrupted or diverged."""
+    """How a run ended: ``status`` is completed, target_reached, time_budget, wall_budget, interrupted or diverged."""
 
     status: str
     step: int
@@ -87,9 +95,8 @@ def make_predict(model: torch.nn.Module, chunk: int) -> Predict:
 
 
 def per_sample_errors(predict: Predict, signal: Signal) -> torch.Tensor:
-    """``signal.per_sample_error`` of every sample [num_samples] (``predict`` runs in chunks, no graph): what INT
-    ranks by."""
-    return signal.per_sample_error(predict(signal.coords), signal.targets)
+    """``signal.per_sample_error`` of every sample [num_samples] (block by block, no graph): what INT ranks by."""
+    return signal.per_sample_errors(predict)
 
 
 def rng_state() -> dict[str, Any]:
@@ -107,10 +114,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+STOP_SIGNALS = (os_signal.SIGINT, os_signal.SIGTERM)
+"""Ctrl-C, and what ``kill`` and job schedulers send: both stop a run the same way."""
+
+
 @contextlib.contextmanager
 def stop_on_sigint() -> Iterator[threading.Event]:
-    """The first Ctrl-C asks the loop to stop after the current step (so checkpoint and summary are consistent); a
-    second one interrupts at once. Outside the main thread signals cannot be caught: the event is never set."""
+    """The first Ctrl-C or SIGTERM asks the loop to stop after the current step (so checkpoint and summary are
+    consistent); a second one meets the handlers from before the loop (nf-fit: an interrupt at once). Outside the main
+    thread signals cannot be caught: the event is never set."""
     requested = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield requested
@@ -118,13 +130,15 @@ def stop_on_sigint() -> Iterator[threading.Event]:
 
     def handler(signum: int, frame: Any) -> None:
         requested.set()
-        os_signal.signal(os_signal.SIGINT, previous)
+        for number, old in previous.items():
+            os_signal.signal(number, old)
 
-    previous = os_signal.signal(os_signal.SIGINT, handler)
+    previous = {number: os_signal.signal(number, handler) for number in STOP_SIGNALS}
     try:
         yield requested
     finally:
-        os_signal.signal(os_signal.SIGINT, previous)
+        for number, old in previous.items():
+            os_signal.signal(number, old)
 
 
 def cosine_lr(base: float, minimum: float, step: int, steps: int) -> float:
@@ -166,13 +180,19 @@ class FitLoop:
         self.progress = progress
         self.summary_extra = summary_extra or {}
         self.predict = predict or make_predict(model, options.eval_chunk)
-        self.device = signal.coords.device
+        self.device = signal.device
+        self.progress_indices = signal.progress_indices()
+        """The fixed subset most logs measure (None: the signal is small enough to evaluate whole every time)."""
         self.step = 0
         self.time_s = 0.0
         self.closure_evals = 0
         self._last_logged_step = -1
         self._last_checkpoint_step: int | None = None
         self._last_checkpoint_wall = time.monotonic()
+        self._wall_start = time.monotonic()  # these four are set again when ``run`` starts
+        self._first_step = 0
+        self._next_full_eval_wall = self._wall_start + FULL_EVAL_INTERVAL_S
+        self._confirm_wall = 0.0
         self._last_good_state: dict[str, Any] | None = None
         self._closure: Callable[[], torch.Tensor] | None = None
         self._closure_indices: torch.Tensor | None = None
@@ -217,10 +237,12 @@ class FitLoop:
         """One closure per selection: the subset is gathered once, not every step, and L-BFGS sees the same closure
         object while the data stay the same, so it reuses the previous step's loss and gradient (with a new closure
         every step it re-evaluated them: ~2 instead of ~1.1 closure evaluations per iteration)."""
-        coords, targets = self.signal.coords, self.signal.targets
-        if indices is not None:
-            coords, targets = coords[indices], targets[indices]
-        closure = make_closure(self.optimizer, lambda: self.signal.loss(self.model(coords), targets))
+        coords, targets = self.signal.batch(indices)
+        closure = make_closure(
+            self.optimizer,
+            lambda: self.signal.loss(self.model(coords), targets),
+            compute_residuals=lambda: self.signal.residuals(self.model(coords), targets),
+        )
 
         def counted_closure() -> torch.Tensor:
             self.closure_evals += 1
@@ -229,7 +251,9 @@ class FitLoop:
         return counted_closure
 
     # -- logging -----------------------------------------------------------------------------------------------
-    def _log(self, loss: torch.Tensor | None) -> dict[str, Any]:
+    def _log(self, loss: torch.Tensor | None, full: bool = False) -> dict[str, Any]:
+        """The metrics record of this step: the headline metric over the progress subset, or over the whole signal
+        when ``full`` (and whenever the signal is its own progress subset); ``eval_samples`` says which."""
         record: dict[str, Any] = {
             "step": self.step,
             "time_s": round(self.time_s, 6),
@@ -237,10 +261,63 @@ class FitLoop:
             "closure_evals": self.closure_evals,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-        record.update(self.signal.evaluate(self.predict))
+        record.update(self._evaluate(full))
         record.update(self.sampler.stats())
         self._last_logged_step = self.step
         return record
+
+    def _evaluate(self, full: bool) -> dict[str, Any]:
+        if self.progress_indices is not None and not full:
+            return {**self.signal.evaluate(self.predict, self.progress_indices), "eval_samples": len(self.progress_indices)}
+        started = time.monotonic()
+        metrics = {**self.signal.evaluate(self.predict), "eval_samples": self.signal.num_eval_samples}
+        finished = time.monotonic()
+        self._next_full_eval_wall = finished + max(FULL_EVAL_INTERVAL_S, FULL_EVAL_COST_FACTOR * (finished - started))
+        return metrics
+
+    def _full_eval_due(self) -> bool:
+        return self.progress_indices is not None and time.monotonic() >= self._next_full_eval_wall
+
+    def _stop_reason(self, training_s: float, stop_requested: threading.Event) -> str | None:
+        """Why the loop must stop before another step (``training_s``: training time so far), or None."""
+        options = self.options
+        if self.step >= options.steps:
+            return "completed"
+        if options.time_budget is not None and training_s >= options.time_budget:
+            return "time_budget"
+        if options.wall_budget is not None and time.monotonic() - self._wall_start >= options.wall_budget:
+            return "wall_budget"
+        if stop_requested.is_set():
+            return "interrupted"
+        return None
+
+    def _reached(self, record: dict[str, Any]) -> bool:
+        metric = record.get(self.signal.metric)
+        return self.options.target is not None and metric is not None and metric >= self.options.target
+
+    def _postfix(self, record: dict[str, Any] | None) -> dict[str, str]:
+        """What the progress bar shows besides the steps: the metric, training and wall time, and the time left."""
+        wall = time.monotonic() - self._wall_start
+        postfix = {}
+        if record is not None:
+            postfix[self.signal.metric] = f"{record.get(self.signal.metric, float('nan')):.2f}"
+        postfix.update({"train": f"{self.time_s:.1f}s", "wall": f"{wall:.1f}s"})
+        eta = self._eta(wall)
+        if eta is not None:
+            postfix["eta"] = f"{eta:.0f}s"
+        return postfix
+
+    def _eta(self, wall: float) -> float | None:
+        """Wall seconds left until the first of the step, training-time and wall-time limits, at the pace so far."""
+        options, left = self.options, []
+        done = self.step - self._first_step
+        if done > 0:
+            left.append((options.steps - self.step) * wall / done)
+        if options.time_budget is not None and self.time_s > 0:
+            left.append(max(0.0, options.time_budget - self.time_s) * wall / self.time_s)
+        if options.wall_budget is not None:
+            left.append(max(0.0, options.wall_budget - wall))
+        return min(left) if left else None
 
     def _healthy(self, record: dict[str, Any]) -> bool:
         loss_ok = record["loss"] is None or _finite(record["loss"])
@@ -251,7 +328,7 @@ class FitLoop:
         history.append(record)
         if self.run_dir is not None:
             self.run_dir.append_metrics(record)
-        bar.set_postfix({self.signal.metric: f"{record.get(self.signal.metric, float('nan')):.2f}"}, refresh=False)
+        bar.set_postfix(self._postfix(record), refresh=False)
         if self.on_log is not None:
             self.on_log(record, lambda: self.signal.preview(self.predict))
 
@@ -276,29 +353,33 @@ class FitLoop:
     def run(self) -> FitOutcome:
         options = self.options
         history: list[dict[str, Any]] = []
-        status = "completed"
+        status: str | None = None
         diverged_at: int | None = None
         loss: torch.Tensor | None = None
+        self._wall_start = time.monotonic()
+        self._first_step = self.step
+        self._next_full_eval_wall = self._wall_start + FULL_EVAL_INTERVAL_S
+        self._confirm_wall = 0.0  # a progress metric at the target is confirmed on the whole signal after this
+        counting = False  # whether training time is running since ``segment_start``
+        # Under a time budget the steps are no measure of progress: the bar counts them, the postfix shows the ETA.
+        by_steps = options.time_budget is None
         with stop_on_sigint() as stop_requested, tqdm(
-            total=options.steps, initial=self.step, disable=None if self.progress else True, dynamic_ncols=True, leave=False
-        ) as bar:
+            total=options.steps if by_steps else None, initial=self.step, disable=None if self.progress else True,
+            dynamic_ncols=True, leave=False,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{postfix}]" if by_steps else "{n_fmt} steps [{postfix}]",
+        ) as bar:  # fmt: skip
             if self.step == 0 and self._last_logged_step < 0:
                 self._publish(self._log(None), history, bar)
                 self._checkpoint()
-            segment_start = time.perf_counter()
-            while self.step < options.steps:
-                if options.time_budget is not None and self.time_s + time.perf_counter() - segment_start >= options.time_budget:
-                    status = "time_budget"
-                    break
-                if stop_requested.is_set():
-                    status = "interrupted"
+            segment_start, counting = time.perf_counter(), True
+            while True:
+                status = self._stop_reason(self.time_s + time.perf_counter() - segment_start, stop_requested)
+                if status is not None:
                     break
                 try:
                     loss = self._train_step()
                 except NonFiniteLossError:
                     status, diverged_at = "diverged", self.step + 1
-                    self._sync()
-                    self.time_s += time.perf_counter() - segment_start
                     break
                 self.step += 1
                 bar.update(1)
@@ -306,30 +387,37 @@ class FitLoop:
                     continue
                 self._sync()
                 self.time_s += time.perf_counter() - segment_start
-                record = self._log(loss)
+                segment_start = time.perf_counter()
+                if self._stop_reason(self.time_s, stop_requested) is not None:
+                    continue  # the run ends here: the closing record below measures the whole signal
+                counting = False
+                record = self._log(loss, full=self._full_eval_due())
                 if not self._healthy(record):
                     status, diverged_at = "diverged", self.step
                     break
+                if self._reached(record) and record["eval_samples"] < self.signal.num_eval_samples:
+                    if time.monotonic() >= self._confirm_wall:  # the target counts on the whole signal
+                        record.update(self._evaluate(full=True))
+                        self._confirm_wall = self._next_full_eval_wall
                 self._publish(record, history, bar)
                 if self._checkpoint_due():
                     self._checkpoint()
-                metric = record.get(self.signal.metric)
-                if options.target is not None and metric is not None and metric >= options.target:
+                if self._reached(record) and record["eval_samples"] == self.signal.num_eval_samples:
                     status = "target_reached"
                     break
-                segment_start = time.perf_counter()
-            else:
+                segment_start, counting = time.perf_counter(), True
+            if counting:
                 self._sync()
                 self.time_s += time.perf_counter() - segment_start
-            if status in ("time_budget", "interrupted"):
-                self._sync()
-                self.time_s += time.perf_counter() - segment_start
+            if status != "diverged" and self._last_logged_step != self.step:
+                record = self._log(loss, full=True)
+                if self._healthy(record):
+                    self._publish(record, history, bar)
+                else:
+                    status, diverged_at = "diverged", self.step
             if status == "diverged":
                 self._roll_back()
-            elif self._last_logged_step != self.step:
-                record = self._log(loss)
-                self._publish(record, history, bar)
-            if status != "diverged" and self._last_checkpoint_step != self.step:
+            elif self._last_checkpoint_step != self.step:
                 self._checkpoint()
         outcome = FitOutcome(status, self.step, self.time_s, self.closure_evals, history, diverged_at=diverged_at)
         outcome.final_metrics = self.signal.final_metrics(self.predict)

@@ -1,4 +1,5 @@
-"""Memory guards: refuse, before anything is allocated, a fit whose training memory would exceed the device.
+"""Memory guards: refuse, before anything is allocated, a signal whose decoded size would exceed the machine's memory
+and a fit whose training memory would exceed the device.
 
 The estimates are rough on purpose (activations of one forward + backward, weights, gradients and optimizer state)
 and err on the side of running: their job is to turn a certain out-of-memory crash minutes into a run into one line
@@ -11,7 +12,7 @@ import os
 
 import torch
 
-from fitters.signals import Signal
+from fitters.signals import Signal, SignalError
 from nf_precond.nn import FieldConfig
 from nf_precond.optim import optimizer_spec
 
@@ -37,6 +38,28 @@ def memory_free(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+DECODE_COPIES = 3
+"""Float32-sized copies of the targets alive while a file is decoded: the decoder's float64 working array counts
+twice, the finished targets once."""
+
+
+def signal_bytes(samples: int, in_features: int, out_features: int) -> int:
+    """Memory a decoded signal takes: float32 coordinates and targets, plus the decoder's working copy."""
+    return samples * FLOAT_BYTES * (in_features + DECODE_COPIES * out_features)
+
+
+def check_signal_fits(samples: int, in_features: int, out_features: int, what: str, fix: str) -> None:
+    """Refuse, before decoding, a signal whose decoded form would exceed the machine's memory (decoding happens on the
+    CPU, whatever the device): ``what`` names the signal and its flags, ``fix`` the way out."""
+    needed = signal_bytes(samples, in_features, out_features)
+    available = memory_available(torch.device("cpu"))
+    if needed > available:
+        raise SignalError(
+            f"{what} decodes to {samples:,} samples, about {needed / 2**30:,.0f} GiB, more than the "
+            f"{available / 2**30:.0f} GiB of memory here; {fix}"
+        )
+
+
 def activation_floats(field: FieldConfig, in_features: int) -> int:
     """Floats per point kept for backward: every hidden layer's units and, for relu-pe, the encoding's width."""
     encoding = field.encoding(in_features)
@@ -44,20 +67,39 @@ def activation_floats(field: FieldConfig, in_features: int) -> int:
     return widths * ACTIVATION_COPIES
 
 
-def check_full_batch_fits(signal: Signal, field: FieldConfig, batch_size: int, device: torch.device) -> None:
-    """Refuse a full batch of an image or video whose activations alone would exceed the device's memory, with the
-    two ways out (tiles or mini-batches)."""
-    if batch_size or signal.kind not in TILED_KINDS:
-        return
-    needed = signal.num_samples * activation_floats(field, signal.in_features) * FLOAT_BYTES
+BATCH_MEMORY_SHARE = 0.5
+"""Share of the device's memory the activations of a batch the guard picks may take (the rest holds the signal,
+the field, the optimizer state and evaluation)."""
+
+
+def batch_bytes(batch: int, field: FieldConfig, in_features: int) -> int:
+    """Activation memory of one forward + backward over ``batch`` points."""
+    return batch * activation_floats(field, in_features) * FLOAT_BYTES
+
+
+def safe_batch_size(signal: Signal, field: FieldConfig, device: torch.device) -> int | None:
+    """None when a full batch of ``signal`` fits the device; else the largest power-of-two mini-batch whose
+    activations take at most ``BATCH_MEMORY_SHARE`` of its memory."""
     available = memory_available(device)
-    if needed > available:
-        raise ValueError(
-            f"a full batch of {signal.num_samples:,} samples needs about {needed / 2**30:.0f} GiB for the "
-            f"{field.layers}x{field.hidden} field's activations, more than the {available / 2**30:.0f} GiB here; fit it "
-            f"in tiles with --kilo (e.g. --kilo {TILED_KINDS[signal.kind]}, one tiny MLP per tile) or in mini-batches "
-            "with --batch-size 65536"
-        )
+    if batch_bytes(signal.num_samples, field, signal.in_features) <= available:
+        return None
+    per_point = batch_bytes(1, field, signal.in_features)
+    return 1 << max(0, int(BATCH_MEMORY_SHARE * available // per_point).bit_length() - 1)
+
+
+def check_full_batch_fits(signal: Signal, field: FieldConfig, batch_size: int, device: torch.device) -> None:
+    """Refuse a full batch whose activations alone would exceed the device's memory, naming a mini-batch that fits
+    (and tiles, for images and video)."""
+    safe = None if batch_size else safe_batch_size(signal, field, device)
+    if safe is None:
+        return
+    needed = batch_bytes(signal.num_samples, field, signal.in_features)
+    tiles = f"in tiles with --kilo (e.g. --kilo {TILED_KINDS[signal.kind]}, one tiny MLP per tile) or " if signal.kind in TILED_KINDS else ""
+    raise ValueError(
+        f"a full batch of {signal.num_samples:,} samples needs about {needed / 2**30:.0f} GiB for the "
+        f"{field.layers}x{field.hidden} field's activations, more than the {memory_available(device) / 2**30:.0f} GiB "
+        f"here; fit it {tiles}in mini-batches with --batch-size {safe}"
+    )
 
 
 def tiles_bytes(num_tiles: int, points_per_tile: int, in_features: int, out_features: int, field: FieldConfig,

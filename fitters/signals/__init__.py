@@ -27,6 +27,12 @@ SIGNAL_MODULES: dict[str, str] = {
 }
 
 
+def signal_kind(path: Path) -> str | None:
+    """The signal type a file's suffix names ("image", "audio", "video", "occupancy"), or None for other suffixes."""
+    module_name = SIGNAL_MODULES.get(Path(path).suffix.lower())
+    return module_name.rsplit(".", 1)[-1] if module_name else None
+
+
 def load_signal(path: Path, options: SignalOptions | None = None) -> Signal:
     """Load ``path`` with the module its suffix names (see ``SIGNAL_MODULES``)."""
     path = Path(path)
@@ -45,4 +51,4 @@ def load_signal(path: Path, options: SignalOptions | None = None) -> Signal:
     return module.load(path, options or SignalOptions())
 
 
-__all__ = ["SIGNAL_MODULES", "Predict", "Signal", "SignalError", "SignalOptions", "load_signal"]
+__all__ = ["SIGNAL_MODULES", "Predict", "Signal", "SignalError", "SignalOptions", "load_signal", "signal_kind"]

@@ -10,20 +10,20 @@ from typing import ClassVar
 import numpy as np
 import soundfile
 import torch
-from torchmetrics.functional.audio import signal_noise_ratio
+from torchmetrics.image import PeakSignalNoiseRatio
 
-from fitters import metrics
-from fitters.signals.media import grid_coordinates, render_figure
+from fitters.signals.base import GridSignal
+from fitters.signals.media import render_figure
 from nf_precond.atomic import atomic_path
-from fitters.signals import Predict, Signal, SignalError, SignalOptions
+from fitters.signals import Predict, SignalError, SignalOptions
 
 RECONSTRUCTION_NAME = "reconstruction.wav"
 PREVIEW_POINTS = 4000
 """Most waveform points drawn in the preview; a plot cannot show more and drawing them all is slow."""
 
 
-class AudioSignal(Signal):
-    """One recording: ``coords`` [N, 1] time in [-1, 1], ``targets`` [N, channels] amplitudes scaled into [-1, 1].
+class AudioSignal(GridSignal):
+    """One recording: time coordinates [N, 1] in [-1, 1], targets [N, channels] amplitudes scaled into [-1, 1].
 
     ``scale`` is the file's peak amplitude: ``targets * scale`` is the recording, so the written reconstruction has
     the loudness of the original.
@@ -46,20 +46,29 @@ class AudioSignal(Signal):
         self.sample_rate = int(sample_rate)
         self.subtype = subtype if soundfile.check_format("WAV", subtype) else "FLOAT"
         self.scale = peak
-        self.coords = grid_coordinates((waveform.shape[0],))
-        self.targets = torch.from_numpy((waveform / peak).astype(np.float32))
+        super().__init__((waveform.shape[0],), (0,), torch.from_numpy((waveform / peak).astype(np.float32)))
 
     def _reconstruct(self, predict: Predict) -> torch.Tensor:
-        """The field's waveform clipped to the representable range, as it will be written."""
-        return predict(self.coords).clamp(-1.0, 1.0)
+        """The field's waveform clipped to the representable range, as it will be written, built block by block."""
+        waveform = torch.empty(self.num_samples, self.out_features, device=self.device)
+        for indices in self.blocks(self.num_samples):
+            waveform[indices] = predict(self.coords_at(indices)).clamp(-1.0, 1.0)
+        return waveform
 
-    def evaluate(self, predict: Predict) -> dict[str, float]:
-        """``psnr`` over a peak-to-peak range of 2 (targets live in [-1, 1]) and ``snr`` in dB, all channels."""
-        pred = self._reconstruct(predict)
-        return {
-            "psnr": metrics.psnr(pred, self.targets, data_range=2.0),
-            "snr": float(signal_noise_ratio(pred.flatten(), self.targets.flatten())),
-        }
+    def evaluate(self, predict: Predict, indices: torch.Tensor | None = None) -> dict[str, float]:
+        """``psnr`` over a peak-to-peak range of 2 (targets live in [-1, 1]) and ``snr`` in dB, all channels (over the
+        samples ``indices`` when given). SNR is torchmetrics' formula, 10 log10(Σ target² / Σ error²), summed block
+        by block."""
+        psnr = PeakSignalNoiseRatio(data_range=2.0).to(self.device)
+        signal_power = noise_power = 0.0
+        for block in [indices] if indices is not None else self.blocks(self.num_samples):
+            coords, targets = self.batch(block)
+            pred = predict(coords).clamp(-1.0, 1.0)
+            psnr.update(pred, targets)
+            signal_power += float(targets.double().square().sum())
+            noise_power += float((targets.double() - pred.double()).square().sum())
+        eps = torch.finfo(torch.float32).eps
+        return {"psnr": float(psnr.compute()), "snr": 10.0 * math.log10((signal_power + eps) / (noise_power + eps))}
 
     def save_reconstruction(self, predict: Predict, out_dir: Path) -> Path:
         """Write ``reconstruction.wav`` with the input's sample rate, channels and loudness."""
@@ -72,9 +81,11 @@ class AudioSignal(Signal):
     def preview(self, predict: Predict) -> np.ndarray:
         """The first channel's target and reconstructed waveforms over time, one plot."""
         stride = max(1, self.num_samples // PREVIEW_POINTS)
-        seconds = np.arange(0, self.num_samples, stride) / self.sample_rate
-        target = self.targets[::stride, 0].cpu().numpy()
-        pred = self._reconstruct(predict)[::stride, 0].cpu().numpy()
+        rows = torch.arange(0, self.num_samples, stride, device=self.device)
+        seconds = rows.cpu().numpy() / self.sample_rate
+        coords, targets = self.batch(rows)
+        target = targets[:, 0].cpu().numpy()
+        pred = predict(coords).clamp(-1.0, 1.0)[:, 0].cpu().numpy()
 
         def draw(axes) -> None:
             axes.plot(seconds, target, linewidth=0.8, label="target")

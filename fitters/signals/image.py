@@ -13,10 +13,14 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 from skimage.transform import resize as resize_image
+from torchmetrics.image import PeakSignalNoiseRatio
 
 from fitters import metrics
+from fitters.memory import check_signal_fits
 from nf_precond.atomic import atomic_path
-from fitters.signals import Predict, Signal, SignalError, SignalOptions
+from fitters.signals import Predict, SignalError, SignalOptions
+from fitters.signals.base import GridSignal
+from fitters.signals.media import shrunk_size
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -45,8 +49,11 @@ def to_unit_float(pixels: np.ndarray, path: Path) -> np.ndarray:
     return values
 
 
-class ImageSignal(Signal):
-    """An H x W x C image; headline metric PSNR (data range 1), SSIM in the summary."""
+class ImageSignal(GridSignal):
+    """An H x W x C image; headline metric PSNR (data range 1), SSIM in the summary.
+
+    ``pixels`` are uint8 (kept as they are: an 8-bit file costs one byte per value) or floats in [0, 1].
+    """
 
     kind: ClassVar[str] = "image"
     metric: ClassVar[str] = "psnr"
@@ -54,18 +61,28 @@ class ImageSignal(Signal):
     def __init__(self, pixels: np.ndarray, name: str = "image"):
         self.height, self.width, self.channels = pixels.shape
         self.name = name
-        self.coords = pixel_grid(self.height, self.width)
-        self.targets = torch.from_numpy(np.ascontiguousarray(pixels)).reshape(-1, self.channels)
+        values = pixels if pixels.dtype == np.uint8 else pixels.astype(np.float32)
+        super().__init__((self.height, self.width), (1, 0), torch.from_numpy(np.ascontiguousarray(values)))
 
     def _reconstruct(self, predict: Predict) -> torch.Tensor:
-        """H x W x C prediction clamped to the displayable range [0, 1]."""
-        return predict(self.coords).clamp(0, 1).reshape(self.height, self.width, self.channels)
+        """H x W x C prediction clamped to the displayable range [0, 1], built block by block."""
+        image = torch.empty(self.num_samples, self.channels, device=self.device)
+        for indices in self.blocks(self.num_samples):
+            image[indices] = predict(self.coords_at(indices)).clamp(0, 1)
+        return image.reshape(self.height, self.width, self.channels)
 
     def _target_image(self) -> torch.Tensor:
         return self.targets.reshape(self.height, self.width, self.channels)
 
-    def evaluate(self, predict: Predict) -> dict[str, float]:
-        return {"psnr": metrics.psnr(self._reconstruct(predict), self._target_image())}
+    def evaluate(self, predict: Predict, indices: torch.Tensor | None = None) -> dict[str, float]:
+        if indices is not None:
+            coords, targets = self.batch(indices)
+            return {"psnr": metrics.psnr(predict(coords).clamp(0, 1), targets)}
+        psnr = PeakSignalNoiseRatio(data_range=1.0).to(self.device)
+        for block in self.blocks(self.num_samples):
+            coords, targets = self.batch(block)
+            psnr.update(predict(coords).clamp(0, 1), targets)
+        return {"psnr": float(psnr.compute())}
 
     def final_metrics(self, predict: Predict) -> dict[str, float]:
         image = self._reconstruct(predict)
@@ -100,21 +117,42 @@ def load(path: Path, options: SignalOptions) -> ImageSignal:
     path = Path(path)
     if path.suffix.lower() not in SUFFIXES:
         raise SignalError(f"{path}: not a PNG/JPEG file; image signals read {', '.join(SUFFIXES)}")
+    if options.resize is not None and (len(options.resize) != 2 or min(options.resize) < 2):
+        raise SignalError(f"--signal.resize {options.resize}: give two sizes >= 2, height then width")
     try:
+        check_decoded_size(path, iio.improps(path).shape, options.resize)  # the header only: refuse before decoding
         pixels = iio.imread(path)
+    except SignalError:
+        raise
     except Exception as error:  # imageio/Pillow raise many types for truncated or foreign data
         raise SignalError(
             f"cannot read image {path} ({error.__class__.__name__}: {error}); check that it is a valid PNG or JPEG"
         ) from error
     if pixels.ndim == 4:  # animated PNG: fit the first frame
         pixels = pixels[0]
+    if pixels.ndim >= 2 and (pixels.shape[0] < 2 or pixels.shape[1] < 2):
+        raise SignalError(f"{path}: image is {pixels.shape[0]}x{pixels.shape[1]} pixels; need at least 2x2")
+    size = options.resize or shrunk_size(pixels.shape[:2], options.max_side, minimum=2)
+    if size is None and pixels.dtype == np.uint8 and pixels.ndim in (2, 3):  # 8-bit: one byte per value
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        if pixels.shape[-1] <= 4:
+            return ImageSignal(pixels[..., :1] if pixels.shape[-1] == 2 else pixels[..., :3], name=path.stem)
     values = to_unit_float(pixels, path)
-    if values.shape[0] < 2 or values.shape[1] < 2:
-        raise SignalError(f"{path}: image is {values.shape[0]}x{values.shape[1]} pixels; need at least 2x2")
-    if options.resize is not None:
-        if len(options.resize) != 2 or min(options.resize) < 2:
-            raise SignalError(f"--signal.resize {options.resize}: give two sizes >= 2, height then width")
-        height, width = options.resize
+    if size is not None:
+        height, width = size
         values = resize_image(values, (height, width, values.shape[-1]), anti_aliasing=True).astype(np.float32)
         values = np.clip(values, 0.0, 1.0)
     return ImageSignal(values, name=path.stem)
+
+
+def check_decoded_size(path: Path, shape: tuple[int, ...], resize: tuple[int, ...] | None) -> None:
+    """The memory guard on the file's header ``shape`` (H, W[, C], or frames first for an animated PNG): decoding
+    needs the file's own size, fitting the resized one."""
+    height, width = shape[1:3] if len(shape) == 4 else shape[:2]
+    if resize is not None and resize[0] * resize[1] > height * width:
+        check_signal_fits(resize[0] * resize[1], 2, 3, f"{path} at --signal.resize {resize[0]} {resize[1]}",
+                          "give a smaller --signal.resize")  # fmt: skip
+    else:
+        check_signal_fits(height * width, 2, 3, f"{path} ({height}x{width} pixels)",
+                          "downscale the file before fitting it (--signal.resize applies after decoding)")  # fmt: skip
+

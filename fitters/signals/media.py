@@ -1,4 +1,4 @@
-"""Helpers the audio, video and occupancy signals share: coordinate grids and off-screen plots."""
+"""Helpers the signals share: coordinate grids, shrinking to a maximum side, and off-screen plots."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fitters.signals.base import SignalError
+
 
 def grid_coordinates(shape: tuple[int, ...], device: torch.device | str | None = None) -> torch.Tensor:
     """A regular grid whose first and last samples sit at -1 and 1 on every axis: ``[prod(shape), len(shape)]``.
@@ -20,6 +22,18 @@ def grid_coordinates(shape: tuple[int, ...], device: torch.device | str | None =
     axes = [torch.linspace(-1.0, 1.0, size, device=device) for size in shape]
     mesh = torch.meshgrid(*axes, indexing="ij")
     return torch.stack(mesh, dim=-1).reshape(-1, len(shape))
+
+
+def shrunk_size(shape: tuple[int, ...], max_side: int | None, minimum: int = 1) -> tuple[int, int] | None:
+    """(H, W) scaled down, aspect ratio kept, so the longer side is ``max_side`` (each side at least ``minimum``);
+    None when it already fits or ``max_side`` is 0/None (--signal.max-side)."""
+    if max_side is not None and max_side < 0:
+        raise SignalError(f"--signal.max-side must be >= 0 pixels (0 keeps the size), got {max_side}")
+    height, width = shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return None
+    scale = max_side / max(height, width)
+    return max(minimum, round(height * scale)), max(minimum, round(width * scale))
 
 
 def render_figure(draw: Callable[[Axes], None], size_px: tuple[int, int]) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
+from fitters.memory import check_signal_fits
 from fitters.signals.media import grid_coordinates
 from nf_precond.atomic import atomic_path
 from fitters.signals import Predict, Signal, SignalError, SignalOptions
@@ -49,6 +50,7 @@ class OccupancySignal(Signal):
 
     kind: ClassVar[str] = "occupancy"
     metric: ClassVar[str] = "iou"
+    least_squares: ClassVar[bool] = False  # binary cross-entropy on logits
 
     def __init__(
         self, mesh: trimesh.Trimesh, options: SignalOptions, name: str = "mesh", grid_resolution: int = 128
@@ -83,7 +85,8 @@ class OccupancySignal(Signal):
 
         points = self._training_points(options.num_points, options.surface_fraction, rng)
         self.coords = torch.from_numpy(points.astype(np.float32))
-        self.targets = torch.from_numpy(self.labels(points).astype(np.float32)[:, None])
+        self.inside = torch.from_numpy(self.labels(points).astype(np.uint8)[:, None])
+        """The training labels, one byte per point (``targets`` decodes them to 0./1.)."""
 
     def _winding(self, points: np.ndarray) -> np.ndarray:
         """|generalized winding number| of the normalized mesh at ``points``: ~1 inside, ~0 outside. The absolute
@@ -105,8 +108,20 @@ class OccupancySignal(Signal):
         uniform = rng.uniform(-1.0, 1.0, size=(count - near_count, 3))
         return np.clip(np.concatenate([near, uniform]), -1.0, 1.0)
 
+    def make_targets(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.inside[indices].float()
+
+    @property
+    def out_features(self) -> int:
+        return 1
+
+    @property
+    def num_eval_samples(self) -> int:
+        return len(self.held_out_coords)
+
     def to(self, device: torch.device | str) -> "OccupancySignal":
         super().to(device)
+        self.inside = self.inside.to(device)
         self.held_out_coords = self.held_out_coords.to(device)
         self.held_out_targets = self.held_out_targets.to(device)
         return self
@@ -120,17 +135,21 @@ class OccupancySignal(Signal):
         right points, whose logits are far from 0 or 1, as the worst)."""
         return (torch.sigmoid(pred) - target).abs().reshape(pred.shape[0], -1).sum(dim=1)
 
-    def evaluate(self, predict: Predict) -> dict[str, float]:
-        """``iou`` of predicted (logit > 0) and true occupancy on the held-out points, and their ``accuracy``."""
-        predicted = predict(self.held_out_coords) > 0
-        truth = self.held_out_targets > 0.5
+    def evaluate(self, predict: Predict, indices: torch.Tensor | None = None) -> dict[str, float]:
+        """``iou`` of predicted (logit > 0) and true occupancy on the held-out points (those at ``indices`` when
+        given), and their ``accuracy``."""
+        coords, targets = self.held_out_coords, self.held_out_targets
+        if indices is not None:
+            coords, targets = coords[indices], targets[indices]
+        predicted = predict(coords) > 0
+        truth = targets > 0.5
         union = (predicted | truth).sum()
         iou = (predicted & truth).sum() / union if union > 0 else torch.tensor(1.0)
         return {"iou": float(iou), "accuracy": float((predicted == truth).float().mean())}
 
     def logit_grid(self, predict: Predict, resolution: int) -> np.ndarray:
         """The field on a ``resolution``^3 grid over [-1, 1]^3, [x, y, z] indexed, evaluated chunk by chunk."""
-        axis = torch.linspace(-1.0, 1.0, resolution, device=self.coords.device)
+        axis = torch.linspace(-1.0, 1.0, resolution, device=self.device)
         grid = np.empty((resolution,) * 3, dtype=np.float32)
         slabs = max(1, GRID_CHUNK_POINTS // (resolution * resolution))
         for first in range(0, resolution, slabs):
@@ -158,7 +177,7 @@ class OccupancySignal(Signal):
 
     def preview(self, predict: Predict) -> np.ndarray:
         """The field's occupancy probability on the z = 0 slice (white = inside, x to the right, y up)."""
-        probability = torch.sigmoid(predict(self._slice_points().to(self.coords.device)))
+        probability = torch.sigmoid(predict(self._slice_points().to(self.device)))
         return _gray_picture(probability.reshape(PREVIEW_RESOLUTION, PREVIEW_RESOLUTION).cpu().numpy())
 
     def target_preview(self) -> np.ndarray:
@@ -198,6 +217,9 @@ def load(path: Path, options: SignalOptions, grid_resolution: int = 128) -> Occu
         raise SignalError(f"{path}: no such file; check the path")
     if path.stat().st_size == 0:
         raise SignalError(f"{path}: the file is empty (0 bytes); re-export or re-download it")
+    if isinstance(options.num_points, int) and options.num_points > 0:
+        what = f"{path} with --signal.num-points {options.num_points}"
+        check_signal_fits(options.num_points + HELD_OUT_POINTS, 3, 1, what, "give a smaller --signal.num-points")
     try:
         mesh = trimesh.load(path, force="mesh", process=True)
     except Exception as error:  # trimesh's parsers raise anything from ValueError to struct.error on bad files

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 from skimage import data
 
+from fitters import loop as loop_module
+from fitters import metrics
+from fitters.build import build_loop, loop_options
+from fitters.config import FitConfig, fit_to_signal, resolve
+from fitters.signals import SignalOptions, load_signal
+from fitters.signals import base as signals_base
 from fitters.signals.image import ImageSignal
 from fitters.loop import FitLoop, LoopOptions, cosine_lr, per_sample_errors
 from fitters.run_dir import RunDir
@@ -19,6 +27,8 @@ from nf_precond.optim import NonFiniteLossError, build_optimizer
 from nf_precond.sampling import FullBatch, RandomBatches, Sampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def tiny_signal() -> ImageSignal:
@@ -280,3 +290,103 @@ def test_cosine_schedule_matches_torch_and_resumes_on_the_same_curve(tmp_path: P
     resumed.run()
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# -- evaluation that never dominates -------------------------------------------------------------------------------
+
+
+def test_logs_measure_the_progress_subset_and_the_run_ends_on_the_whole_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signals_base, "PROGRESS_SAMPLES", 64)  # the 256-pixel crop now counts as a large signal
+    loop = make_loop(12, log_every=4)
+    calls = []
+    real_evaluate = loop.signal.evaluate
+    monkeypatch.setattr(loop.signal, "evaluate", lambda predict, indices=None: calls.append(indices) or real_evaluate(predict, indices))
+    outcome = loop.run()
+    assert [r["eval_samples"] for r in outcome.history] == [64, 64, 64, 256]  # steps 0, 4, 8 on the subset, 12 whole
+    subset = loop.progress_indices
+    assert all(torch.equal(indices, subset) for indices in calls[:3]) and calls[3] is None
+    assert len(subset.unique()) == 64  # a fixed random subset, no repeats
+    with torch.no_grad():
+        truth = metrics.psnr(loop.model(loop.signal.coords).clamp(0, 1), loop.signal.targets)
+    assert outcome.history[-1]["psnr"] == pytest.approx(truth, rel=1e-5) == outcome.final_metrics["psnr"]
+
+
+def test_whole_signal_evaluations_are_spaced_in_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signals_base, "PROGRESS_SAMPLES", 64)
+    monkeypatch.setattr(loop_module, "FULL_EVAL_INTERVAL_S", 0.0)  # always due: every log measures everything
+    outcome = make_loop(8, log_every=4).run()
+    assert [r["eval_samples"] for r in outcome.history] == [64, 256, 256]  # the first log is never a whole one
+
+
+def test_wall_budget_stops_a_run_whose_evaluation_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = make_loop(10**6, options=LoopOptions(steps=10**6, log_every=1, time_budget=60.0, wall_budget=1.0))
+    real_evaluate = loop.signal.evaluate
+
+    def slow_evaluate(predict, indices=None):
+        time.sleep(0.2)
+        return real_evaluate(predict, indices)
+
+    monkeypatch.setattr(loop.signal, "evaluate", slow_evaluate)
+    started = time.monotonic()
+    outcome = loop.run()
+    assert outcome.status == "wall_budget" and outcome.time_s < 1.0
+    assert time.monotonic() - started < 1.0 + 3 * 0.2  # the budget, the last log's and the final evaluation
+
+
+def test_small_video_ends_within_its_wall_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nf-fit's resolved settings on a real clip: evaluation made 50x dearer than training still cannot keep the run
+    past 1.5x its time budget."""
+    config = resolve(FitConfig(path=DATA / "bikes.mp4", time_budget=1.0, threads=1, out=tmp_path,
+                               signal=SignalOptions(resize=(8, 12))))  # fmt: skip
+    signal = load_signal(config.path, config.signal)
+    config = fit_to_signal(config, signal)
+    real_evaluate = signal.evaluate
+
+    def slow_evaluate(predict, indices=None):
+        time.sleep(0.3)
+        return real_evaluate(predict, indices)
+
+    monkeypatch.setattr(signal, "evaluate", slow_evaluate)
+    loop = build_loop(config, signal, loop_options(config), run_dir=RunDir(tmp_path))
+    started = time.monotonic()
+    outcome = loop.run()
+    wall = time.monotonic() - started
+    assert config.wall_budget == 1.5 and outcome.status in ("time_budget", "wall_budget")
+    assert wall < config.wall_budget + 2 * 0.3 + 1.0  # the budget, the closing and final evaluations, writing
+
+
+# -- checkpoints that scale with the parameters --------------------------------------------------------------------
+
+
+def saved_bytes(value: object) -> int:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getbuffer().nbytes
+
+
+@pytest.mark.parametrize(
+    ("name", "signal_options"),
+    [
+        ("photo.png", SignalOptions()),
+        ("front_center.wav", SignalOptions()),
+        ("bikes.mp4", SignalOptions()),
+        ("bone.ply", SignalOptions(num_points=20_000)),
+    ],
+)
+def test_checkpoint_is_within_three_times_the_model_and_optimizer(tmp_path: Path, name: str,
+                                                                  signal_options: SignalOptions) -> None:  # fmt: skip
+    """Each signal type's default field, optimizer and sampler: the checkpoint holds the weights, the optimizer state
+    and a few KB of RNG and sampler state, nothing per sample."""
+    path = DATA / name
+    if name == "photo.png":
+        path = tmp_path / name
+        iio.imwrite(path, data.astronaut()[::2, ::2])  # 256x256: 65536 pixels, 128 mini-batches per epoch
+    config = resolve(FitConfig(path=path, steps=2, threads=1, compile="off", out=tmp_path, signal=signal_options))
+    signal = load_signal(config.path, config.signal)
+    config = fit_to_signal(config, signal)
+    loop = build_loop(config, signal, loop_options(config), run_dir=RunDir(tmp_path))
+    loop.run()
+    size = (tmp_path / "checkpoint.pt").stat().st_size
+    model_and_optimizer = saved_bytes({"model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict()})
+    assert size <= 3 * model_and_optimizer
+    assert size - model_and_optimizer < 64_000  # RNG and sampler state: the same few KB for any signal size

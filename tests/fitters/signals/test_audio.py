@@ -10,7 +10,7 @@ import soundfile
 import torch
 
 from fitters.signals.audio import AudioSignal, load
-from fitters.signals import SignalError, SignalOptions
+from fitters.signals import SignalError, SignalOptions, base
 
 DATA = Path(__file__).parents[2] / "data"
 MONO = DATA / "front_center.wav"
@@ -79,7 +79,7 @@ def test_flac_at_another_rate_writes_wav_at_that_rate(tmp_path: Path) -> None:
 
 def test_preview_is_a_picture() -> None:
     signal = load(MONO, SignalOptions())
-    picture = signal.preview(lambda coords: 0.5 * signal.targets)
+    picture = signal.preview(lambda coords: 0.5 * torch.sin(40 * coords))  # any field of time
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[-1] == 3
     assert picture.min() < picture.max()
 
@@ -137,3 +137,14 @@ def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
 
     config = resolve(parse_config([str(MONO), "--config", str(preset), "--out", str(tmp_path)]))
     assert load(config.path, config.signal).out_features == 1
+
+
+def test_metrics_in_blocks_equal_the_whole_recording(monkeypatch: pytest.MonkeyPatch) -> None:
+    signal = load(STEREO, SignalOptions())
+    field = lambda coords: torch.sin(50 * coords + torch.tensor([0.0, 1.0]))  # noqa: E731
+    whole = signal.evaluate(field)
+    error = field(signal.coords).clamp(-1, 1) - signal.targets
+    assert whole["snr"] == pytest.approx(10 * np.log10(signal.targets.pow(2).sum().item() / error.pow(2).sum().item()), rel=1e-4)
+    monkeypatch.setattr(base, "EVAL_BLOCK", 1000)
+    assert signal.evaluate(field) == pytest.approx(whole, rel=1e-5)
+    assert signal.evaluate(field, torch.arange(signal.num_samples)) == pytest.approx(whole, rel=1e-5)

@@ -11,7 +11,7 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from fitters.signals import image
+from fitters.signals import base, image
 from fitters.signals import SignalError, SignalOptions
 from fitters.signals import load_signal
 
@@ -126,3 +126,32 @@ def test_perfect_reconstruction_round_trip(tmp_path: Path, photo: np.ndarray) ->
     np.testing.assert_array_equal(iio.imread(out), photo)
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["reconstruction.png"]  # no temp files left
     assert signal.preview(perfect).shape == (24, 20, 3) and signal.target_preview().dtype == np.uint8
+
+
+def test_8_bit_files_are_kept_as_bytes_with_the_same_targets(tmp_path: Path, photo: np.ndarray) -> None:
+    signal = load_signal(write(tmp_path / "p.png", photo), SignalOptions())
+    assert signal.storage.dtype == torch.uint8 and signal.storage.numel() == photo.size
+    assert torch.equal(signal.targets, torch.from_numpy(photo.reshape(-1, 3).astype(np.float32) / np.float32(255)))
+    assert torch.equal(signal.coords, image.pixel_grid(24, 20))  # generated, the same values as a stored grid
+    deep = load_signal(write(tmp_path / "d.png", (photo[..., 0].astype(np.uint16) * 257)), SignalOptions())
+    assert deep.storage.dtype == torch.float32  # 16-bit values have no exact byte
+
+
+def test_max_side_shrinks_keeping_the_aspect_ratio(tmp_path: Path, photo: np.ndarray) -> None:
+    path = write(tmp_path / "p.png", photo)
+    small = load_signal(path, SignalOptions(max_side=10))
+    assert (small.height, small.width) == (10, 8)  # 24x20 scaled by 10/24
+    assert (load_signal(path, SignalOptions(max_side=100)).height, load_signal(path, SignalOptions(max_side=0)).height) == (24, 24)
+    assert load_signal(path, SignalOptions(max_side=10, resize=(6, 6))).height == 6  # an exact size wins
+
+
+def test_psnr_in_blocks_equals_the_whole_image(tmp_path: Path, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    signal = load_signal(write(tmp_path / "p.png", photo), SignalOptions())
+    field = lambda coords: 0.5 + 0.4 * torch.sin(5 * coords[:, :1] + torch.arange(3) * coords[:, 1:])  # noqa: E731
+    expected = peak_signal_noise_ratio(signal.targets.numpy(), field(signal.coords).clamp(0, 1).numpy(), data_range=1.0)
+    monkeypatch.setattr(base, "EVAL_BLOCK", 7)  # 69 blocks, the last one short
+    assert signal.evaluate(field)["psnr"] == pytest.approx(expected, rel=1e-5)
+    assert signal.final_metrics(field)["psnr"] == pytest.approx(expected, rel=1e-5)
+    subset = torch.tensor([3, 50, 100])
+    assert signal.evaluate(field, subset)["psnr"] == pytest.approx(peak_signal_noise_ratio(
+        signal.targets[subset].numpy(), field(signal.coords[subset]).clamp(0, 1).numpy(), data_range=1.0), rel=1e-5)

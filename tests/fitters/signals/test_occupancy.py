@@ -225,3 +225,14 @@ def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
     # The presets' 100k-1M points are the papers'; a thousand show the remaining options are valid.
     signal = load(config.path, dataclasses.replace(config.signal, num_points=1000))
     assert signal.num_samples == 1000 and 0 < config.signal.surface_fraction < 1
+
+
+def test_labels_are_bytes_and_progress_subsets_the_held_out_points(bone: OccupancySignal) -> None:
+    assert bone.inside.dtype == torch.uint8 and set(bone.targets.unique().tolist()) == {0.0, 1.0}
+    assert bone.num_eval_samples == len(bone.held_out_coords)
+    subset = bone.progress_indices()
+    assert subset is not None and len(subset.unique()) == len(subset) < bone.num_eval_samples
+    field = sphere_logits(0.5)
+    predicted, truth = field(bone.held_out_coords[subset]) > 0, bone.held_out_targets[subset] > 0.5
+    expected = float((predicted & truth).sum() / (predicted | truth).sum())
+    assert bone.evaluate(field, subset)["iou"] == pytest.approx(expected)

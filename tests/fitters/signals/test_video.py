@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fitters.signals import SignalError, SignalOptions
+from fitters.signals import SignalError, SignalOptions, video
+from fitters.signals.media import grid_coordinates
 from fitters.signals.video import VideoSignal, load
 
 BIKES = Path(__file__).parents[2] / "data" / "bikes.mp4"
@@ -129,3 +130,50 @@ def test_shipped_presets_parse_and_load(preset: Path, tmp_path: Path) -> None:
     config = resolve(parse_config(argv))
     signal = load(config.path, config.signal)
     assert signal.frame_shape[1:] == tuple(config.signal.resize or signal.frame_shape[1:])
+
+
+def smooth_field(coords: torch.Tensor) -> torch.Tensor:
+    """A field that depends on where it is asked (as a real one does), so block order mistakes show."""
+    return (0.5 + 0.4 * torch.sin(3 * coords.sum(dim=-1, keepdim=True) + torch.arange(3) * coords[:, :1])).float()
+
+
+def test_targets_are_bytes_and_coordinates_are_generated(bikes: VideoSignal) -> None:
+    frames, _ = decode(BIKES)
+    assert bikes.storage.dtype == torch.uint8 and bikes.storage.numel() == frames.size  # one byte per value
+    indices = torch.tensor([0, 5, 999, bikes.num_samples - 1])
+    coords, targets = bikes.batch(indices)
+    assert torch.equal(coords, grid_coordinates(bikes.frame_shape)[indices])  # the same grid as a stored one
+    assert torch.equal(targets, torch.from_numpy(frames.reshape(-1, 3)[indices.numpy()] / np.float32(255.0)))
+
+
+def test_metrics_in_blocks_equal_the_whole_clip(bikes: VideoSignal, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = bikes.evaluate(smooth_field)
+    pred = smooth_field(bikes.coords).clamp(0, 1).reshape(bikes.num_frames, -1)
+    expected = 10 * torch.log10(1.0 / (pred - bikes.targets.reshape(bikes.num_frames, -1)).pow(2).mean(dim=1))
+    assert whole["psnr"] == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert whole["psnr_worst_frame"] == pytest.approx(float(expected.min()), rel=1e-5)
+    monkeypatch.setattr(video, "EVAL_BLOCK", bikes.frame_pixels)  # one frame per block
+    assert bikes.evaluate(smooth_field) == pytest.approx(whole)
+    everything = torch.arange(bikes.num_samples)
+    assert bikes.evaluate(smooth_field, everything)["psnr"] == pytest.approx(whole["psnr"], rel=1e-6)
+
+
+def test_written_clip_in_blocks_has_every_frame(bikes: VideoSignal, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(video, "EVAL_BLOCK", 3 * bikes.frame_pixels)  # blocks of 3, 3 and 2 frames
+    frames, _ = decode(bikes.save_reconstruction(smooth_field, tmp_path))
+    expected = (smooth_field(bikes.coords).clamp(0, 1) * 255).round().reshape(frames.shape).numpy()
+    assert frames.shape[0] == bikes.num_frames and np.abs(frames - expected).mean() < 3  # H.264 at crf 12
+
+
+def test_max_side_and_sample_budget() -> None:
+    shrunk = load(BIKES, SignalOptions(max_side=48))
+    assert shrunk.frame_shape == (8, 20, 48)  # 40x96 halved: the aspect ratio is kept
+    assert load(BIKES, SignalOptions(max_side=0)).frame_shape == (8, 40, 96)  # 0 keeps the size
+    budget = load(BIKES, SignalOptions(max_side=48, max_samples=3 * 20 * 48 + 5))
+    assert budget.frame_shape == (3, 20, 48)  # the first frames that fit
+    window = load(BIKES, SignalOptions(frames=(4, 8), max_samples=2 * 40 * 96))
+    assert window.num_frames == 2
+    torch.testing.assert_close(window.targets, load(BIKES, SignalOptions(frames=(4, 6))).targets)
+    with pytest.raises(SignalError, match="max-side"):
+        load(BIKES, SignalOptions(max_side=-1))
