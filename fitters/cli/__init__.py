@@ -1,27 +1,58 @@
 """The command lines: ``nf-fit`` (``fit``), ``nf-bench`` (``bench``) and ``nf-curvature`` (``curvature``).
 
 Each ``main`` hands its work to ``run_cli``, the one place that turns errors into exit codes: bad input ends with one
-``PROG: error: ...`` line on stderr and exit 2, Ctrl-C with one line and exit 130, never a traceback.
+``PROG: error: ...`` line on stderr and exit 2, Ctrl-C or SIGTERM (what ``kill`` and job schedulers send) with one
+line and exit 130, never a traceback. An entry module imports torch and the rest inside ``exit_on_interrupt``, so
+an interrupt during those seconds of imports is one line too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C while inside (the fit loop turns either into a clean stop);
+    the previous handler comes back on leaving. Outside the main thread signals cannot be caught: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(prog: str) -> Iterator[None]:
+    """Around an entry module's imports: Ctrl-C or SIGTERM there ends the process with one line and exit 130."""
+    with terminate_as_interrupt():
+        try:
+            yield
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted while starting; nothing was written", file=sys.stderr)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+
+
 def run_cli(prog: str, command: Callable[[list[str]], int], argv: Sequence[str] | None, *, interrupted: str) -> int:
     """Run ``command(argv)`` (it returns the exit code); ``ValueError`` (bad files, flags, configs: every error this
-    project raises for bad input) becomes ``PROG: error: MESSAGE`` and exit 2; Ctrl-C before the command handled it
-    becomes ``PROG: INTERRUPTED`` and exit 130."""
+    project raises for bad input) becomes ``PROG: error: MESSAGE`` and exit 2; Ctrl-C or SIGTERM before the command
+    handled it becomes ``PROG: INTERRUPTED`` and exit 130."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return command(argv)
-    except ValueError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with terminate_as_interrupt():
+        try:
+            return command(argv)
+        except ValueError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print(f"{prog}: {interrupted}", file=sys.stderr)
+            return EXIT_INTERRUPTED

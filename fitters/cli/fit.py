@@ -1,29 +1,38 @@
 """``nf-fit PATH``: fit one signal file with one optimizer and write the run directory.
 
 Bad input ends with one ``nf-fit: error: ...`` line on stderr and a non-zero exit status, never a traceback:
-2 = unusable input or flags, 3 = the loss diverged (the last good checkpoint is kept), 130 = interrupted (Ctrl-C;
-checkpoint and summary are written, ``--resume`` continues). Runs streamed with ``--kilo-group`` write their checkpoint
-only once every group is done, so a diverged or interrupted one keeps none and cannot be resumed.
+2 = unusable input or flags, 3 = the loss diverged (the last good checkpoint is kept), 130 = interrupted (Ctrl-C or
+SIGTERM alike; checkpoint and summary are written, ``--resume`` continues). Runs streamed with ``--kilo-group`` write
+their checkpoint only once every group is done, so a diverged or interrupted one keeps none and cannot be resumed.
+A run holds its folder's lock, ``--resume`` checks the checkpoint's signal, field and optimizer, and ``--overwrite``
+replaces the old run only once the new one has written its summary (``fitters.run_dir``).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import tyro
+from fitters.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, exit_on_interrupt, run_cli
 
-from fitters.build import build_loop, check_fits, loop_options
-from fitters.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, run_cli
-from fitters.config import FitConfig, apply_threads, load_preset, resolve, resolve_device, to_dict, with_log_interval
-from fitters.loop import FitOutcome, LogCallback
-from fitters.run_dir import CONFIG, RunDir
-from fitters.signals import Signal, load_signal
+# torch and the rest take seconds to import: Ctrl-C or SIGTERM meanwhile is one line too (the rest of the file uses
+# these names as if imported at the top).
+with exit_on_interrupt("nf-fit"):
+    import argparse
+    import dataclasses
+    import os
+    import time
+    from pathlib import Path
+    from typing import Any
+
+    import torch
+    import tyro
+
+    from fitters.build import build_loop, check_fits, loop_options
+    from fitters.config import FitConfig, apply_threads, load_preset, resolve, resolve_device, to_dict, with_log_interval
+    from fitters.loop import FitOutcome, LogCallback
+    from fitters.run_dir import CONFIG, RunDir, file_sha256, to_plain
+    from fitters.signals import Signal, load_signal
 
 PREVIEW_INTERVAL_S = 0.5
 """At most two viewer previews per second: rendering the whole field is an evaluation pass."""
@@ -71,13 +80,42 @@ def viewer_callback(config: FitConfig, signal: Signal) -> tuple[Any, LogCallback
     return viewer, on_log
 
 
+def run_identity(config: FitConfig) -> dict[str, Any]:
+    """What every checkpoint records and ``--resume`` checks, keyed by flag: the signal (file, content and options),
+    the field and the optimizer."""
+    identity: dict[str, Any] = {
+        "signal": os.path.abspath(config.path),
+        "signal content (sha256)": file_sha256(config.path)[:16],
+        "--optim": config.optim,
+        "--lr": config.lr,
+        "--kilo": config.kilo,
+    }
+    for prefix, settings in (("--signal.", config.signal), ("--", config.field)):
+        for name, value in to_plain(dataclasses.asdict(settings)).items():
+            identity[prefix + name.replace("_", "-")] = value
+    return identity
+
+
 def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir, FitConfig]:
-    """Resolve, validate, load, build, then (only then) create the run directory and fit."""
+    """Resolve and validate, then hold the run folder's lock while loading, checking and fitting; an --overwrite run
+    replaces the old one once its summary is written."""
     config = resolve(config)
     device = resolve_device(config.device)
     apply_threads(config)
-    run_dir = RunDir.check(config.out, overwrite=config.overwrite, resume=config.resume)
+    run_dir = RunDir.check(config.out)
+    with run_dir.claim(overwrite=config.overwrite, resume=config.resume):
+        outcome, config = fit_claimed(config, run_dir, device, progress)
+        run_dir.commit()
+    return outcome, run_dir, config
+
+
+def fit_claimed(config: FitConfig, run_dir: RunDir, device: torch.device, progress: bool) -> tuple[FitOutcome, FitConfig]:
+    """Load and check (a resumed run against its checkpoint), build, then (only then) write the run folder and fit."""
+    checkpoint = run_dir.load_checkpoint(device) if config.resume else None
     signal = load_signal(config.path, config.signal).to(device)
+    run_dir.identity = run_identity(config)
+    if checkpoint is not None:
+        run_dir.check_resume(checkpoint)
     config = with_log_interval(config, signal.num_samples)
     check_fits(config, signal)
     loop_extra = {
@@ -90,9 +128,9 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
             config, signal, loop_options(config), run_dir=run_dir, on_log=on_log, progress=progress,
             summary_extra=loop_extra,
         )  # fmt: skip
-        if config.resume:
+        if checkpoint is not None:
             try:
-                loop.load_state_dict(run_dir.load_checkpoint(device))
+                loop.load_state_dict(checkpoint)
             except (KeyError, RuntimeError, ValueError) as error:
                 raise ValueError(
                     f"checkpoint in {run_dir.path} does not match this configuration ({str(error).splitlines()[0]}); "
@@ -106,7 +144,7 @@ def run(config: FitConfig, *, progress: bool = True) -> tuple[FitOutcome, RunDir
     finally:
         if viewer is not None:
             viewer.close()
-    return outcome, run_dir, config
+    return outcome, config
 
 
 def explain(outcome: FitOutcome, config: FitConfig, run_dir: RunDir) -> tuple[int, str | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from skimage import data
 from fitters import memory
 from fitters.cli.fit import EXIT_INTERRUPTED, explain, main
 from fitters.config import FitConfig
-from fitters.loop import FitOutcome
+from fitters.loop import FitLoop, FitOutcome
 from fitters.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[3]
@@ -171,7 +172,8 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path: Path, photo_path: Path,
 def test_ctrl_c_writes_checkpoint_and_resume_continues(tmp_path: Path, photo_path: Path) -> None:
     out = tmp_path / "run"
     args = [sys.executable, "-m", "fitters.cli.fit", str(photo_path), "--optim", "adam", "--lr", "1e-3", "--hidden", "8",
-            "--layers", "1", "--steps", "1000000", "--log-every", "50", "--batch-size", "0", "--threads", "1", "--out", str(out)]
+            "--layers", "1", "--steps", "1000000", "--log-every", "50", "--batch-size", "0", "--threads", "1", "--compile", "off",
+            "--out", str(out)]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 2):
@@ -192,6 +194,141 @@ def test_ctrl_c_writes_checkpoint_and_resume_continues(tmp_path: Path, photo_pat
     assert resumed.returncode == 0, resumed.stderr
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == stopped_at + 10 and steps == sorted(set(steps))
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file and folder below ``root``, hidden ones included: SHA-256 of a file's bytes, "folder" for a folder."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def wait_for_metrics(metrics: Path, lines: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < lines:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_resume_reproduces_the_uninterrupted_run(tmp_path: Path, photo_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """SIGTERM (kill, job schedulers) checkpoints and exits 130 like Ctrl-C; --resume then ends on the very PSNR of a
+    run that was never stopped. While the run goes, a second one into its folder stops at once, naming it."""
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    flags = ["--optim", "adam", "--lr", "1e-3", "--hidden", "8", "--layers", "1", "--log-every", "50", "--batch-size",
+             "0", "--threads", "1", "--compile", "off"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "fitters.cli.fit", str(photo_path), *flags, "--steps", "1000000",
+                                "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for_metrics(out / "metrics.jsonl", 2, process)
+        code, _, err = fit([photo_path, "--out", out, "--overwrite", "--steps", "1"], capsys)
+        assert code == 2
+        assert_one_clean_line(err, f"in use by another run (pid {process.pid})")
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert_one_clean_line(err, "interrupted at step", "--resume")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] > 0
+    total = summary["steps"] + 20
+    assert fit([photo_path, "--out", out, "--resume", "--steps", total], capsys)[0] == 0
+    assert fit([photo_path, *flags, "--steps", total, "--out", straight], capsys)[0] == 0
+    resumed, uninterrupted = (json.loads((run / "summary.json").read_text()) for run in (out, straight))
+    assert resumed["steps"] == uninterrupted["steps"] == total
+    assert resumed["psnr"] == uninterrupted["psnr"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_while_importing_is_one_line(tmp_path: Path, photo_path: Path, signum: int) -> None:
+    """Sent once torch's library is mapped, i.e. while the entry module still imports (seconds on a slow machine)."""
+    process = subprocess.Popen([sys.executable, "-m", "fitters.cli.fit", str(photo_path), "--out", str(tmp_path / "run")],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == EXIT_INTERRUPTED
+    assert_one_clean_line(err, "nf-fit: interrupted")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_while_loading_is_one_line(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import fitters.cli.fit as fit_module
+
+    def load_and_get_terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler interrupts this
+        pytest.fail("SIGTERM did not interrupt the load")
+
+    monkeypatch.setattr(fit_module, "load_signal", load_and_get_terminated)
+    guard = lambda signum, frame: pytest.fail("nf-fit did not handle SIGTERM")  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, guard)  # stands in for the default, which would end pytest
+    try:
+        code, _, err = fit([photo_path, "--out", tmp_path / "run"], capsys)
+        assert signal.getsignal(signal.SIGTERM) is guard  # nf-fit put back the handler it found
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == EXIT_INTERRUPTED
+    assert_one_clean_line(err, "nf-fit: interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_an_overwrite_that_fails_keeps_the_old_run(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch, failure: type) -> None:  # fmt: skip
+    """The new run is written beside the old one: a failure before its summary leaves the old run as it was."""
+    out = tmp_path / "run"
+    assert fit([photo_path, "--steps", "2", "--hidden", "8", "--layers", "1", "--out", out], capsys)[0] == 0
+    before = tree(tmp_path)
+
+    def fail_midway(self) -> None:
+        self.run_dir.append_metrics({"step": 0, "psnr": 1.0})
+        raise failure
+
+    monkeypatch.setattr(FitLoop, "run", fail_midway)
+    args = [photo_path, "--steps", "5", "--hidden", "16", "--layers", "1", "--out", out, "--overwrite"]
+    if failure is KeyboardInterrupt:
+        code, _, err = fit(args, capsys)
+        assert code == EXIT_INTERRUPTED
+        assert_one_clean_line(err, "interrupted")
+    else:
+        with pytest.raises(RuntimeError):
+            main([str(arg) for arg in args])
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_overwrite_keeps_the_old_run(tmp_path: Path, photo_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    assert fit([photo_path, "--steps", "2", "--hidden", "8", "--layers", "1", "--out", out], capsys)[0] == 0
+    before = tree(out)
+    staging = RunDir(out).staging_path
+    process = subprocess.Popen([sys.executable, "-m", "fitters.cli.fit", str(photo_path), "--hidden", "8", "--layers",
+                                "1", "--steps", "1000000", "--log-every", "50", "--batch-size", "0", "--threads", "1",
+                                "--compile", "off", "--out", str(out), "--overwrite"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for_metrics(staging / "metrics.jsonl", 2, process)
+    finally:
+        process.kill()
+        process.wait()
+    assert tree(out) == before  # the old run, whole; the killed one lies beside it
+    assert staging.is_dir() and RunDir(out).lock_path.is_file()
+    code, _, err = fit([photo_path, "--out", out, "--resume", "--steps", "3"], capsys)  # the next run settles the folder
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_viewer_port_in_use(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -315,7 +452,8 @@ def test_kilo_refuses_signals_without_a_grid(tmp_path: Path, capsys: pytest.Capt
 
 def test_too_large_full_batch_advises_kilo_or_batch_size(tmp_path: Path, tiny_png: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    monkeypatch.setattr(memory, "memory_available", lambda device: 1000)  # pretend a machine with 1 kB
+    # Pretend a machine with 100 kB: room for the decoded 16x16 image (about 11 kB), not for training on it.
+    monkeypatch.setattr(memory, "memory_available", lambda device: 100_000)
     code, _, err = fit([tiny_png, "--optim", "lbfgs", "--steps", "2", "--out", tmp_path / "run"], capsys)
     assert code == 2
     assert_one_clean_line(err, "--kilo", "--batch-size")
