@@ -9,6 +9,7 @@ back to the eager field with one warning line.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -48,6 +49,8 @@ def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
     chunk = min(config.eval_chunk, signal.num_samples)
     started = time.perf_counter()
     try:
+        # Inductor's C++ toolchain probe logs that a CPU-only machine has no CUDA runtime: noise, not a problem.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         with torch.random.fork_rng(devices=[signal.coords.device] if signal.coords.device.type == "cuda" else []):
             loss = signal.loss(field.compiled(signal.coords[:batch]), signal.targets[:batch])
             loss.sum().backward()
@@ -60,5 +63,5 @@ def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
     finally:
         model.zero_grad(set_to_none=True)
     field.compile_s = time.perf_counter() - started
-    print(f"compiled the field in {field.compile_s:.1f} s (not counted as training time)", file=sys.stderr)
+    print(f"compiled the field in {field.compile_s:.1f} s (not counted as training time)")
     return field

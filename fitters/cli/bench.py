@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-import tyro
+from fitters.cli import exit_on_interrupt, run_cli
 
-from fitters.bench import BenchConfig, bench, markdown
-from fitters.cli import run_cli
-from fitters.config import load_preset
+with exit_on_interrupt("nf-bench"):  # torch and the rest import for seconds: Ctrl-C there is one line too
+    import argparse
+    from pathlib import Path
+
+    import tyro
+
+    from fitters.bench import BenchConfig, bench, markdown
+    from fitters.config import load_preset
 
 
 def parse_bench(argv: Sequence[str]) -> BenchConfig:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import tyro
+from fitters.cli import exit_on_interrupt, run_cli
 
-from fitters.cli import run_cli
-from fitters.curvature import CurvatureConfig, run, summary_table
+with exit_on_interrupt("nf-curvature"):
+    import tyro
+
+    from fitters.curvature import CurvatureConfig, run, summary_table
 
 
 def study(argv: list[str]) -> int:

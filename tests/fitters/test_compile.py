@@ -52,7 +52,7 @@ def test_compiled_run_reports_compile_time_apart(photo_path: Path, tmp_path: Pat
     code = main([str(photo_path), "--optim", "adam", "--lr", "1e-3", "--steps", "5", "--batch-size", "0",
                  "--hidden", "8", "--layers", "1", "--compile", "on", "--out", str(out)])  # fmt: skip
     assert code == 0
-    assert "compiled the field in" in capsys.readouterr().err
+    assert "compiled the field in" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["compile_s"] > 0 and summary["steps"] == 5
 
