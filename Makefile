@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -e '.[dev,nerfstudio,peers]'
+	$(PY) -m pip install -e '.[dev,nerfstudio,peers,ray]'
 	# Debian's chromium lets the viewer test open ns-train's viser page headless; without it that test skips.
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "chromium not installed: tests/nerfstudio_plugin/test_viewer.py will be skipped"

@@ -7,6 +7,11 @@ the FIRST run: time and iterations to a target metric (default: the first run's 
 time (the shortest run's training time), and the per-step cost. It writes ``<results-dir>/<name>.md`` and
 ``.json`` and two PNG plots (metric vs time, metric vs step). Times are training time (evaluation excluded), so
 ratios within one run of nf-bench are comparable; absolute seconds depend on the machine and its load.
+
+With ``--ray`` every run is a Ray task (``fitters.distributed``) reserving ``--threads`` CPUs (default 1), so runs
+side by side on one machine do not share cores; the curves equal a local race's, and time ratios stay comparable as
+long as the nodes are alike. ``--stop-at-target`` without a given target runs the first run on its own before the
+others (its final metric is their target).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from fitters.config import (
     to_dict,
     with_log_interval,
 )
+from fitters.distributed import engine_for
 from fitters.kilo import make_grid
 from fitters.machine import machine_facts
 from fitters.run_dir import to_plain
@@ -121,6 +127,13 @@ def field_text(configs: list[FitConfig], signal: Signal) -> str:
     if first.kilo:
         text += f" per tile, --kilo {first.kilo} ({make_grid(signal, first.kilo).num_tiles} tiles)"
     return text
+
+
+def race_run(config: FitConfig, signal: Signal, target: float | None, remote: bool) -> dict[str, Any]:
+    """One run of the race where the engine runs it (a Ray task first moves the shared signal to its device)."""
+    if remote:
+        signal = signal.to(resolve_device(config.device))
+    return fit_one(config, signal, target)
 
 
 def fit_one(config: FitConfig, signal: Signal, target: float | None) -> dict[str, Any]:
@@ -257,12 +270,24 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
     configs = [with_log_interval(run_cfg, signal.num_samples) for run_cfg in configs]
     for run_cfg in configs:
         check_fits(run_cfg, signal)
+    if config.group is not None:
+        raise ValueError(f"--group {config.group} applies to nf-fit DIR; nf-bench races runs on one file (drop it)")
+    engine = engine_for(config.ray, threads=config.threads, device=config.device)
+    engine.connect()
     config.results_dir.mkdir(parents=True, exist_ok=True)
-    for spec, run_cfg in zip(specs, configs):
-        print(f"nf-bench: {spec.label} (lr {run_cfg.lr:g}, sampler {run_cfg.sampler})", file=sys.stderr)
-        stop_target = target if (config.stop_at_target and runs) else None
-        runs.append({"label": spec.label, **fit_one(run_cfg, signal, stop_target)})
-        if target is None:
+    shared = engine.put(signal.to("cpu")) if engine.remote else signal
+    pending = list(enumerate(zip(specs, configs)))
+    batches = [pending[:1], pending[1:]] if config.stop_at_target and target is None else [pending]
+
+    def calls(batch: list[tuple[int, tuple[RunSpec, FitConfig]]]) -> Iterator[tuple[Any, ...]]:
+        for index, (spec, run_cfg) in batch:  # made lazily: locally each run starts after the previous one
+            print(f"nf-bench: {spec.label} (lr {run_cfg.lr:g}, sampler {run_cfg.sampler})", file=sys.stderr)
+            yield run_cfg, shared, target if (config.stop_at_target and index) else None, engine.remote
+
+    for batch in batches:
+        for (_index, (spec, _cfg)), result in zip(batch, engine.map(race_run, calls(batch))):
+            runs.append({"label": spec.label, **result})
+        if target is None and runs:
             target = runs[0]["final"][signal.metric]
     equal_time = analyse(runs, signal.metric, target)
     report = {

@@ -16,12 +16,17 @@ refused with the largest count that works.
 Streaming: ``--kilo-group G`` trains G tiles at a time, group after group, each to the end of its steps; only the
 current group's field, optimizer state and activations are alive, so peak memory is bounded by G, not by the image
 (the signal, the stitched reconstruction and the final weights, all proportional to the pixels, are kept).
+
+Scale-out: with ``--ray`` the groups are Ray tasks (``fitters.distributed``). A task gets its group's tiles and
+initial weights (not the whole signal) and returns its outcome, predictions and trained weights; the driver stitches
+them in group order, so the run writes what the local run writes.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +34,8 @@ import torch
 from tqdm import tqdm
 
 from fitters import metrics
+from fitters.config import resolve_device
+from fitters.distributed import LocalEngine, RayEngine
 from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions, run_summary
 from fitters.run_dir import RunDir
 from fitters.signals import Predict, Signal, SignalError
@@ -175,6 +182,13 @@ class KiloSignal(Signal):
     def covers_all(self) -> bool:
         return len(self.tile_ids) == self.grid.num_tiles
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A group of tiles travels to a Ray task with its own tiles only: it never reads the whole signal.
+        state = dict(self.__dict__)
+        if not self.covers_all:
+            state["base"] = None
+        return state
+
     def to(self, device: torch.device | str) -> KiloSignal:
         for name in ("coords", "targets", "rows", "real", "tile_ids"):
             setattr(self, name, getattr(self, name).to(device))
@@ -248,6 +262,35 @@ def group_ids(num_tiles: int, group: int | None, device: torch.device) -> list[t
     return list(ids.split(group or num_tiles))
 
 
+def group_fit_loop(signal: KiloSignal, model: BatchedMLP, optim: str, lr: float | None, options: LoopOptions,
+                   **kwargs: Any) -> FitLoop:  # fmt: skip
+    """The ``FitLoop`` of one group of tiles: the batched variant of ``optim`` over ``model``, full batch."""
+    optimizer = build_optimizer(optim, model, batched=True, lr=lr)
+    return FitLoop(signal, model, optimizer, FullBatch(), options, predict=tiled_predict(model, options.eval_chunk),
+                   **kwargs)  # fmt: skip
+
+
+@dataclass
+class TileGroupResult:
+    """What a trained group of tiles hands back: how its fit ended, its tiles' outputs [n, P, C] and weights."""
+
+    outcome: FitOutcome
+    predictions: torch.Tensor
+    weights: dict[str, torch.Tensor]
+
+
+def fit_tile_group(signal: KiloSignal, model: BatchedMLP, optim: str, lr: float | None, options: LoopOptions,
+                   device: str | None = None) -> TileGroupResult:  # fmt: skip
+    """Train one group of tiles from its initial weights ``model``; ``device`` (a Ray task) moves both there first
+    (None: where they are)."""
+    if device is not None:
+        signal, model = signal.to(resolve_device(device)), model.to(resolve_device(device))
+    loop = group_fit_loop(signal, model, optim, lr, options)
+    outcome = loop.run()
+    weights = {key: value.detach().cpu() for key, value in loop.model.state_dict().items()}
+    return TileGroupResult(outcome, loop.predict(loop.signal.coords), weights)
+
+
 class KiloLoop:
     """Fit every tile of ``base`` in groups of ``group`` tiles (None = all at once) with the generic ``FitLoop``.
 
@@ -272,7 +315,9 @@ class KiloLoop:
         on_log: LogCallback | None = None,
         progress: bool = False,
         summary_extra: dict[str, Any] | None = None,
+        engine: LocalEngine | RayEngine | None = None,
     ):
+        """``engine`` runs the groups of a grouped run (default: in this process, one after the other)."""
         if group is not None and group < 1:
             raise ValueError(f"--kilo-group must be >= 1 tiles, got {group}")
         self.base, self.grid, self.options, self.optim, self.lr = base, grid, options, optim, lr
@@ -282,6 +327,9 @@ class KiloLoop:
         check_tiles_fit(len(self.groups[0]), grid.points_per_tile, in_features, base.out_features, field, optim,
                         self.device)  # fmt: skip
         self.run_dir, self.on_log, self.progress = run_dir, on_log, progress
+        self.engine = engine or LocalEngine()
+        if len(self.groups) > 1:
+            self.engine.connect()  # now, before the run folder is written: an unreachable cluster leaves none
         self.summary_extra = {
             "kilo": "x".join(map(str, grid.tiles)), "tiles": grid.num_tiles,
             "tile_shape": list(grid.tile_shape), "kilo_group": len(self.groups[0]), **(summary_extra or {}),
@@ -294,11 +342,18 @@ class KiloLoop:
     def _group_loop(self, ids: torch.Tensor, **kwargs: Any) -> FitLoop:
         signal = KiloSignal(self.base, self.grid, ids)
         model = self.initial.select(ids, self.device)
-        optimizer = build_optimizer(self.optim, model, batched=True, lr=self.lr)
-        return FitLoop(
-            signal, model, optimizer, FullBatch(), self.options,
-            predict=tiled_predict(model, self.options.eval_chunk), summary_extra=self.summary_extra, **kwargs,
-        )  # fmt: skip
+        return group_fit_loop(signal, model, self.optim, self.lr, self.options, summary_extra=self.summary_extra,
+                              **kwargs)  # fmt: skip
+
+    def _group_calls(self) -> Iterator[tuple[Any, ...]]:
+        """The arguments of ``fit_tile_group`` for every group, made as the engine asks for them (a Ray engine gets
+        CPU copies and the device to use where the task runs)."""
+        remote = self.engine.remote
+        where = "cpu" if remote else self.device
+        for ids in self.groups:
+            signal = KiloSignal(self.base, self.grid, ids).to(where)
+            yield signal, self.initial.select(ids, where), self.optim, self.lr, self.options, \
+                (self.engine.device if remote else None)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._single is None:
@@ -325,17 +380,17 @@ class KiloLoop:
         diverged_at = None
         with tqdm(total=self.grid.num_tiles, unit="tile", disable=None if self.progress else True,
                   dynamic_ncols=True, desc="kilo") as bar:  # fmt: skip
-            for index, ids in enumerate(self.groups):
-                loop = self._group_loop(ids, progress=False)
-                outcome = loop.run()
+            results = self.engine.map(fit_tile_group, self._group_calls())
+            for index, (ids, result) in enumerate(zip(self.groups, results)):
+                outcome = result.outcome
                 for record in outcome.history:
                     record = {**record, "step": step + record["step"], "time_s": round(time_s + record["time_s"], 6),
                               "closure_evals": closure_evals + record["closure_evals"], "group": index}  # fmt: skip
                     history.append(record)
                     if self.run_dir is not None:
                         self.run_dir.append_metrics(record)
-                self.grid.stitch_into(reconstruction, loop.predict(loop.signal.coords), ids)
-                weights.append({k: v.detach().cpu() for k, v in loop.model.state_dict().items()})
+                self.grid.stitch_into(reconstruction, result.predictions, ids)
+                weights.append(result.weights)
                 step, time_s = step + outcome.step, time_s + outcome.time_s
                 closure_evals += outcome.closure_evals
                 bar.update(len(ids))

@@ -29,6 +29,8 @@ with exit_on_interrupt("nf-fit"):
     import tyro
 
     from fitters.build import build_loop, check_fits, loop_options
+    from fitters.dataset import fit_dataset, is_dataset_path
+    from fitters.distributed import kilo_engine
     from fitters.config import FitConfig, apply_threads, load_preset, resolve, resolve_device, to_dict, with_log_interval
     from fitters.loop import FitOutcome, LogCallback
     from fitters.run_dir import CONFIG, RunDir, file_sha256, to_plain
@@ -126,7 +128,7 @@ def fit_claimed(config: FitConfig, run_dir: RunDir, device: torch.device, progre
     try:
         loop = build_loop(
             config, signal, loop_options(config), run_dir=run_dir, on_log=on_log, progress=progress,
-            summary_extra=loop_extra,
+            summary_extra=loop_extra, **kilo_engine(config),
         )  # fmt: skip
         if checkpoint is not None:
             try:
@@ -180,6 +182,8 @@ def explain(outcome: FitOutcome, config: FitConfig, run_dir: RunDir) -> tuple[in
 
 def fit(argv: list[str]) -> int:
     config = parse_config(argv)
+    if is_dataset_path(config.path):  # a folder or a glob: every signal in it (fitters/dataset.py)
+        return fit_dataset(config)
     outcome, run_dir, config = run(config)
     code, message = explain(outcome, config, run_dir)
     if message is not None:

@@ -107,3 +107,12 @@ def test_bench_kilo_runs_the_same_fit_as_nf_fit(tmp_path: Path, capsys: pytest.C
     assert main([str(image), "--optims", "lbfgs,adam+int", *shared, "--results-dir", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "drop --batch-size and --sampler" in err[0] and not (tmp_path / "bad").exists()
+
+
+def test_bench_refuses_group(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--group sizes nf-fit DIR's batches; nf-bench races runs on one file (its --ray runs are in test_distributed)."""
+    image = tmp_path / "crop.png"
+    iio.imwrite(image, data.astronaut()[100:148:3, 200:248:3])
+    assert main([str(image), "--optims", "adam", "--group", "4", "--results-dir", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--group 4 applies to nf-fit DIR" in err[0] and not (tmp_path / "res").exists()

@@ -1,0 +1,208 @@
+"""``nf-fit DIR``: every field against its own single fit, the run contract per signal, the dataset summary, bad
+folders refused before anything is written, grouping by shape, and --resume skipping the groups already done."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import soundfile
+import torch
+from skimage import data
+
+from fitters import metrics
+from fitters.cli.fit import main
+from fitters.config import FitConfig
+from fitters.dataset import BOOKKEEPING, run_dataset
+from fitters.loop import FitLoop, LoopOptions
+from fitters.signals import load_signal
+from fitters.weights import WEIGHTS_NAME, load_field
+from nf_precond.nn import CoordinateMLP, FieldConfig
+from nf_precond.optim import build_optimizer, optimizer_spec
+from nf_precond.sampling import FullBatch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FIELD = FieldConfig(hidden=12, layers=2)
+SMALL = ["--hidden", "12", "--layers", "2", "--threads", "1"]
+
+
+def photos(folder: Path, count: int, size: int = 16, offset: int = 0) -> list[Path]:
+    """``count`` distinct real crops of the astronaut photo, ``size`` pixels square."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = data.astronaut()
+    paths = []
+    for index in range(offset, offset + count):
+        top, left = 60 + 37 * index, 150 + 23 * index
+        path = folder / f"crop{index:02d}.png"
+        iio.imwrite(path, image[top : top + 2 * size : 2, left : left + 2 * size : 2])
+        paths.append(path)
+    return paths
+
+
+def single_fit(path: Path, optim: str, lr: float | None, steps: int) -> tuple[float, CoordinateMLP]:
+    """The reference twin: one CoordinateMLP seeded as nf-fit seeds it, with the batched optimizer's settings."""
+    signal = load_signal(path)
+    torch.manual_seed(0)
+    model = CoordinateMLP(signal.in_features, signal.out_features, FIELD)
+    settings = {**optimizer_spec(optim, batched=True).defaults, "lr": lr}
+    optimizer = build_optimizer(optim, model, **settings)
+    outcome = FitLoop(signal, model, optimizer, FullBatch(), LoopOptions(steps=steps, log_every=steps)).run()
+    return outcome.final_metrics["psnr"], model
+
+
+@pytest.mark.parametrize("optim, lr, tolerance_db", [("lbfgs", None, 1e-2), ("adam", 1e-2, 1e-4)])
+def test_every_field_is_its_own_single_fit(tmp_path: Path, optim: str, lr: float | None, tolerance_db: float) -> None:
+    files = photos(tmp_path / "photos", 3)
+    config = FitConfig(path=tmp_path / "photos", optim=optim, lr=lr, steps=15, field=FIELD, threads=1,
+                       out=tmp_path / "out")  # fmt: skip
+    result = run_dataset(config)
+    assert result.status == "completed" and result.fitted == 3
+    fields = {summary["name"]: summary for summary in result.summaries}
+    for path in files:
+        expected, twin = single_fit(path, optim, lr, 15)
+        summary = fields[path.stem]
+        assert summary["psnr"] == pytest.approx(expected, abs=tolerance_db)
+        # The stored weights are the field: loaded back, they reproduce the summary's PSNR.
+        loaded = load_field(tmp_path / "out" / path.stem / WEIGHTS_NAME)
+        signal = load_signal(path)
+        with torch.no_grad():
+            image = loaded(signal.coords).clamp(0, 1)
+            atol = 2e-3 if optim == "lbfgs" else 1e-4  # L-BFGS line searches amplify rounding more than Adam
+            torch.testing.assert_close(loaded(signal.coords), twin(signal.coords), atol=atol, rtol=0)
+        assert metrics.psnr(image, signal.targets) == pytest.approx(summary["psnr"], abs=1e-4)
+
+
+def test_results_do_not_depend_on_the_grouping_beyond_rounding(tmp_path: Path) -> None:
+    photos(tmp_path / "photos", 4)
+    psnrs = []
+    for group in (1, 4):
+        config = FitConfig(path=tmp_path / "photos", optim="lbfgs", steps=10, field=FIELD, threads=1, group=group,
+                           out=tmp_path / f"out{group}")  # fmt: skip
+        psnrs.append([summary["psnr"] for summary in run_dataset(config).summaries])
+    np.testing.assert_allclose(psnrs[0], psnrs[1], atol=1e-2)
+
+
+def test_nf_fit_dir_writes_the_run_contract_and_the_dataset_summary(tmp_path: Path, capsys) -> None:
+    files = photos(tmp_path / "photos", 5)
+    (tmp_path / "photos" / "notes.txt").write_text("not a signal")  # other files in the folder are skipped
+    out = tmp_path / "out"
+    code = main([str(tmp_path / "photos"), "--optim", "lbfgs", "--steps", "8", "--group", "2", "--out", str(out),
+                 *SMALL])  # fmt: skip
+    assert code == 0
+    assert "fitted 5 of 5 signals" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["signals"], summary["groups"], summary["fitted"]) == (5, 3, 5)
+    for path in files:
+        folder = out / path.stem
+        expected = {"config.yaml", "metrics.jsonl", "summary.json", "reconstruction.png", WEIGHTS_NAME}
+        assert {p.name for p in folder.iterdir()} == expected
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == sorted({r["step"] for r in records}) and records[-1]["step"] == 8
+        field_summary = json.loads((folder / "summary.json").read_text())
+        assert field_summary["psnr"] == pytest.approx(records[-1]["psnr"], abs=1e-6)
+        reconstruction = iio.imread(folder / "reconstruction.png")
+        assert reconstruction.shape == iio.imread(path).shape
+        assert f"| {path.stem} | {field_summary['psnr']:.2f} |" in (out / "summary.md").read_text()
+    assert iio.imread(out / "psnr_histogram.png").ndim == 3
+    assert not (out / BOOKKEEPING / "partial").exists()
+    assert {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()} == {0o666 & ~_umask()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_quoted_glob_selects_the_files(tmp_path: Path) -> None:
+    photos(tmp_path / "photos", 3)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "photos" / "crop0[01].png"), "--steps", "2", "--out", str(out), *SMALL]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["crop00", "crop01"]
+
+
+def corrupt(folder: Path) -> None:
+    photos(folder, 2)
+    (folder / "crop99.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+
+def mixed(folder: Path) -> None:
+    photos(folder, 2)
+    soundfile.write(folder / "speech.wav", np.sin(np.linspace(0, 100, 800)).astype(np.float32), 8000)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda folder: folder.mkdir(), "holds no signal files"),
+    (mixed, r"mixes modalities \(2 image, 1 audio files\); fit one modality per run, e.g. nf-fit '.*\*\.png'"),
+    (corrupt, r"cannot read image .*crop99\.png .*; nothing was fitted"),
+])  # fmt: skip
+def test_bad_folders_get_one_line_and_nothing_is_written(tmp_path: Path, capsys, make, message: str) -> None:
+    folder = tmp_path / "photos"
+    make(folder)
+    out = tmp_path / "out"
+    assert main([str(folder), "--steps", "2", "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nf-fit: error: ")
+    assert re.search(message, err[0])
+    assert not out.exists()
+
+
+def test_optimizers_that_mix_fields_are_refused(tmp_path: Path, capsys) -> None:
+    photos(tmp_path / "photos", 2)
+    assert main([str(tmp_path / "photos"), "--optim", "esgd", "--out", str(tmp_path / "out"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--optim adam, sgd, lbfgs" in err and "--optim esgd would mix" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixed_sizes_are_grouped_by_shape(tmp_path: Path, capsys) -> None:
+    photos(tmp_path / "photos", 2, size=16)
+    photos(tmp_path / "photos", 1, size=12, offset=5)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "photos"), "--steps", "2", "--out", str(out), *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert "2 shapes" in err and "--signal.resize H W" in err
+    plan = json.loads((out / BOOKKEEPING / "plan.json").read_text())
+    assert plan["groups"] == [[0, 1], [2]] and plan["shapes"] == ["16x16x3 image", "12x12x3 image"]
+    resized = tmp_path / "resized"
+    resize = ["--signal.resize", "8", "8"]
+    assert main([str(tmp_path / "photos"), "--steps", "2", "--out", str(resized), *resize, *SMALL]) == 0
+    assert json.loads((resized / BOOKKEEPING / "plan.json").read_text())["groups"] == [[0, 1, 2]]
+
+
+def test_resume_skips_done_groups_and_restarts_the_one_in_progress(tmp_path: Path, capsys) -> None:
+    photos(tmp_path / "photos", 5)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "photos"), "--optim", "lbfgs", "--steps", "6", "--group", "2", "--out", str(out), *SMALL]
+    assert main(args) == 0
+    first = json.loads((out / "summary.json").read_text())
+    done_group0 = (out / "crop00" / "summary.json").stat().st_mtime_ns
+    # Group 1 was "in progress" when the run stopped: no done mark, a half-written staging folder, a stale folder.
+    (out / BOOKKEEPING / "done" / "00001.json").unlink()
+    (out / BOOKKEEPING / "partial" / "00001" / "crop02").mkdir(parents=True)
+    (out / "crop03" / "summary.json").write_text("{}")
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main([str(tmp_path / "photos"), "--out", str(out), "--resume"]) == 0
+    assert "fitted 2 of 5 signals" in capsys.readouterr().out
+    assert (out / "crop00" / "summary.json").stat().st_mtime_ns == done_group0
+    untimed = lambda rows: [{k: v for k, v in row.items() if k != "time_s"} for row in rows]  # noqa: E731
+    assert untimed(json.loads((out / "summary.json").read_text())["fields"]) == untimed(first["fields"])
+    assert json.loads((out / "crop03" / "summary.json").read_text())["psnr"] == first["fields"][3]["psnr"]
+    assert not (out / BOOKKEEPING / "partial").exists()
+    assert main([str(tmp_path / "photos"), "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_scale_out_flags_on_one_file_are_refused(tmp_path: Path, capsys) -> None:
+    (path,) = photos(tmp_path / "photos", 1)
+    assert main([str(path), "--group", "4", "--steps", "1", "--out", str(tmp_path / "a"), *SMALL]) == 2
+    assert "--group 4 applies to folders" in capsys.readouterr().err
+    assert main([str(path), "--ray", "--steps", "1", "--out", str(tmp_path / "b"), *SMALL]) == 2
+    assert "--kilo-group 64 --ray" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
