@@ -122,8 +122,8 @@ class FitConfig:
     this machine, --ray HOST:PORT on an existing cluster (needs the ray extra; see README, "Scale-out on Ray")."""
     log_every: int | None = None
     """Log every N steps (and always at the end); most logs measure a fixed random subset of the signal, the whole
-    signal is measured at the end and every minute or so. None = once per epoch (every step for the full batch), at
-    least every steps/100, but never so often that logging costs more than about a third of training."""
+    signal is measured at the end and every minute or so. None = once per epoch, at least every steps/100, but never
+    so often that logging costs more than about a tenth of training (full batch: every few steps)."""
     checkpoint_every: int | None = None
     """Write checkpoint.pt every N steps at a log (and at the end); None = at most every 30 s of wall time."""
     eval_chunk: int = 65536
@@ -183,9 +183,9 @@ UNLIMITED_STEPS = 10**9
 """--steps of a run bounded by --time-budget alone."""
 WALL_BUDGET_FACTOR = 1.5
 """--wall-budget defaults to this multiple of --time-budget."""
-LOG_COST_SHARE = 1 / 3
-"""A log's evaluation (forward passes over the progress subset) costs at most this share of the training between
-two logs (forward and backward, ~3 forward passes per sample)."""
+LOG_COST_SHARE = 0.1
+"""A log's evaluation (forward passes over the progress subset) costs about this share of the training between two
+logs (forward and backward, ~3 forward passes per sample): logging keeps a run's wall time close to its budget."""
 SECTIONED = ("field", "signal")
 """FitConfig's nested settings; their keys are dotted (``field.hidden``) in ``provenance``."""
 
@@ -306,9 +306,9 @@ def resolve(config: FitConfig) -> FitConfig:
 
 
 def with_log_interval(config: FitConfig, num_samples: int) -> FitConfig:
-    """Fill ``log_every`` when None: once per epoch (every step for the full batch) and at least ~100 logs per run,
-    but never so often that a log's evaluation of the progress subset (``PROGRESS_SAMPLES``, or the whole signal if
-    smaller) costs more than ``LOG_COST_SHARE`` of the training between two logs."""
+    """Fill ``log_every`` when None: once per epoch and at least ~100 logs per run, but never so often that a log's
+    evaluation of the progress subset (``PROGRESS_SAMPLES``, or the whole signal if smaller) costs more than
+    ``LOG_COST_SHARE`` of the training between two logs: the cadence scales with the signal and the batch."""
     if config.log_every is not None:
         return config
     batch = min(config.batch_size or num_samples, num_samples)
