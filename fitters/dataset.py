@@ -9,7 +9,8 @@ A group is up to ``--group`` signals of one shape trained together, like the til
 "one signal per net" counterpart of ``KiloSignal``. Every field keeps its own optimizer state: ``--optim lbfgs`` is
 ``BatchedLBFGS`` (each field its own curvature history and line search), Adam and SGD are element-wise, so one of
 them over the stacked weights is exactly one per field. Optimizers whose statistics would mix the fields (ESGD's
-random Hessian probes, K-FAC, Shampoo, ...) are refused. Training is full batch.
+random Hessian probes, K-FAC, Shampoo, ...) are refused. Training is full batch; ``--steps``, ``--time-budget`` and
+``--target-psnr`` apply to each group (a target stops a group once its worst field reaches it).
 
 Every field starts from the weights ``nf-fit FILE --seed S`` starts from (``CoordinateMLP`` seeded with ``--seed``)
 and trains on its own data with its own optimizer state, so with the batched optimizer's settings (L-BFGS keeps
@@ -232,6 +233,13 @@ class GroupTask:
     config: FitConfig
     """Resolved, with ``log_every`` filled in."""
     out: Path
+    cwd: Path
+    """The driver's working folder: relative paths (and ``out``) are read from there, wherever the task runs."""
+
+    @property
+    def target(self) -> Path:
+        """The output folder as an absolute path."""
+        return self.cwd / self.out
 
 
 @dataclass
@@ -265,7 +273,7 @@ def fit_group(task: GroupTask) -> GroupResult:
     """Fit one group of same-shape signals together and write their folders; in this process or as a Ray task."""
     config = task.config
     device = resolve_device(config.device)
-    signals = [load_signal(path, config.signal).to(device) for path in task.paths]
+    signals = [load_signal(task.cwd / path, config.signal).to(device) for path in task.paths]
     fields = FieldsSignal(signals)
     model = initial_fields(config, fields.in_features, fields.out_features, len(signals), device)
     predict = FieldsPredict(model, config.eval_chunk)
@@ -280,7 +288,7 @@ def fit_group(task: GroupTask) -> GroupResult:
 def write_group(task: GroupTask, fields: FieldsSignal, predict: FieldsPredict, outcome: FitOutcome,
                 device: torch.device) -> list[dict[str, Any]]:  # fmt: skip
     """Write every signal's folder into the group's staging folder, move them into place, mark the group done."""
-    config, staging = task.config, group_dir(task.out, "partial", task.index)
+    config, staging = task.config, group_dir(task.target, "partial", task.index)
     shutil.rmtree(staging, ignore_errors=True)  # a previous attempt's leftovers (a lost worker, an interruption)
     staging.mkdir(parents=True)
     finals = fields.field_metrics(predict, predict(fields.coords), final=True)
@@ -302,11 +310,12 @@ def write_group(task: GroupTask, fields: FieldsSignal, predict: FieldsPredict, o
         save_field(predict.model.net(index), folder / WEIGHTS_NAME)
         summaries.append(summary)
     for name in task.names:
-        final = task.out / name
+        final = task.target / name
         if final.exists():  # an earlier attempt of this group got this far: its folder is replaced whole
             shutil.rmtree(final)
         (staging / name).rename(final)
-    atomic_write_text(done_mark(task.out, task.index), json.dumps({"group": task.index, "summaries": to_plain(summaries)}, indent=1) + "\n")
+    done = {"group": task.index, "summaries": to_plain(summaries)}
+    atomic_write_text(done_mark(task.target, task.index), json.dumps(done, indent=1) + "\n")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.parent.rmdir()
@@ -491,6 +500,8 @@ def prepare_out(config: FitConfig, plan: Plan) -> list[int]:
 def resolve_dataset(config: FitConfig) -> FitConfig:
     """The resolved config of a dataset run: full batch, an output folder named after the folder, ~20 logs."""
     check_dataset(config)
+    if config.resume and config.out is None:
+        raise ValueError("--resume continues the dataset run in --out; give --out OUT (the folder of the stopped run)")
     out = config.out if config.out is not None else default_out(config)
     config = resolve(dataclasses.replace(config, batch_size=0, sampler="full", out=out))
     if config.log_every is None:
@@ -514,7 +525,8 @@ def run_dataset(config: FitConfig, engine: LocalEngine | RayEngine | None = None
     out = Path(config.out)
     atomic_write_text(out / CONFIG, yaml_dump(to_dict(config)))
     tasks = [
-        GroupTask(index, [Path(plan.files[i]) for i in members], [plan.names[i] for i in members], config, out)
+        GroupTask(index, [Path(plan.files[i]) for i in members], [plan.names[i] for i in members], config, out,
+                  Path.cwd())
         for index, members in enumerate(plan.groups) if index not in done
     ]  # fmt: skip
     status, fitted = "completed", 0

@@ -197,6 +197,8 @@ def test_resume_skips_done_groups_and_restarts_the_one_in_progress(tmp_path: Pat
     assert not (out / BOOKKEEPING / "partial").exists()
     assert main([str(tmp_path / "photos"), "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+    assert main([str(tmp_path / "photos"), "--resume"]) == 2
+    assert "give --out OUT" in capsys.readouterr().err
 
 
 def test_scale_out_flags_on_one_file_are_refused(tmp_path: Path, capsys) -> None:
