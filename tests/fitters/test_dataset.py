@@ -208,3 +208,16 @@ def test_scale_out_flags_on_one_file_are_refused(tmp_path: Path, capsys) -> None
     assert main([str(path), "--ray", "--steps", "1", "--out", str(tmp_path / "b"), *SMALL]) == 2
     assert "--kilo-group 64 --ray" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_diverging_group_keeps_its_last_good_fields_and_exits_3(tmp_path: Path, capsys) -> None:
+    photos(tmp_path / "photos", 2)
+    out = tmp_path / "out"
+    args = ["--optim", "sgd", "--lr", "1e8", "--steps", "4", "--log-every", "1", "--out", str(out), *SMALL]
+    assert main([str(tmp_path / "photos"), *args]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN/inf for the group(s) of crop00, crop01" in err[0] and "lower --lr" in err[0]
+    for name in ("crop00", "crop01"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["status"] == "diverged" and np.isfinite(summary["psnr"])
+        assert all(torch.isfinite(p).all() for p in load_field(out / name / WEIGHTS_NAME).parameters())
