@@ -67,7 +67,7 @@ from fitters.distributed import LocalEngine, RayEngine, TaskLost, engine_for
 from fitters.kilo import tiled_predict
 from fitters.loop import FitLoop, FitOutcome, make_predict, run_summary
 from fitters.memory import memory_available, tiles_bytes
-from fitters.run_dir import CONFIG, METRICS, SUMMARY, to_plain
+from fitters.run_dir import CONFIG, METRICS, SUMMARY, RunDir, to_plain
 from fitters.signals import SIGNAL_MODULES, Predict, Signal, load_signal
 from fitters.weights import WEIGHTS_NAME, save_field
 from nf_precond.atomic import atomic_path, atomic_write_text
@@ -458,40 +458,39 @@ class DatasetResult:
     out: Path
     summaries: list[dict[str, Any]]
     status: str
-    """completed, diverged (some group's loss became NaN/inf) or interrupted."""
+    """completed, diverged (some group's loss became NaN/inf), interrupted, or lost (a task failed for good)."""
     fitted: int
     """Signals fitted by this invocation (a resumed run skips the done groups)."""
     wall_s: float
+    lost: str | None = None
+    """Why a task was lost for good (status "lost"): raised once the groups done are safely in the folder."""
 
 
-def prepare_out(config: FitConfig, plan: Plan) -> list[int]:
-    """Check, then create or clean, the output folder; return the indices of the groups already done."""
-    out = Path(config.out)
-    bookkeeping = out / BOOKKEEPING
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose another --out")
+class DatasetDir(RunDir):
+    """The output folder of a dataset run, with a single run's lock, --overwrite swap and kill recovery: every entry
+    is the run's (per-signal folders, the summary, the bookkeeping), and what --resume needs is the plan."""
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / BOOKKEEPING / PLAN
+
+    @staticmethod
+    def owns(name: str) -> bool:
+        return True
+
+
+def prepare_out(config: FitConfig, plan: Plan, folder: Path) -> list[int]:
+    """Check a resumed run's plan, or start a fresh one in ``folder``; return the indices of the groups already done."""
+    bookkeeping = folder / BOOKKEEPING
     if config.resume:
-        if not (bookkeeping / PLAN).is_file():
-            raise ValueError(f"nothing to resume: {bookkeeping / PLAN} does not exist; drop --resume")
         stored = Plan(**json.loads((bookkeeping / PLAN).read_text(encoding="utf-8")))
         if (stored.files, stored.names) != (plan.files, plan.names):
             raise ValueError(
-                f"--resume: {out} was planned for other files ({len(stored.files)} then, {len(plan.files)} now); "
-                "resume with the same PATH, or start afresh with --overwrite"
+                f"--resume: {config.out} was planned for other files ({len(stored.files)} then, {len(plan.files)} "
+                "now); resume with the same PATH, or start afresh with --overwrite"
             )
         plan.groups, plan.shapes = stored.groups, stored.shapes  # the stored grouping, whatever --group says now
-        return [index for index in range(len(plan.groups)) if done_mark(out, index).is_file()]
-    if out.is_dir() and any(out.iterdir()):
-        if not config.overwrite:
-            raise ValueError(f"--out {out} already exists; pass --overwrite to replace it or --resume to continue")
-        names = set(plan.names)
-        if (bookkeeping / PLAN).is_file():
-            names |= set(json.loads((bookkeeping / PLAN).read_text(encoding="utf-8"))["names"])
-        for name in names:
-            shutil.rmtree(out / name, ignore_errors=True)
-        shutil.rmtree(bookkeeping, ignore_errors=True)
-        for stale in [out / CONFIG, out / SUMMARY, out / SUMMARY_MD, *out.glob("*_histogram.png")]:
-            stale.unlink(missing_ok=True)
+        return [index for index in range(len(plan.groups)) if done_mark(folder, index).is_file()]
     bookkeeping.mkdir(parents=True, exist_ok=True)
     atomic_write_text(bookkeeping / PLAN, plan.as_json())
     return []
@@ -521,15 +520,27 @@ def run_dataset(config: FitConfig, engine: LocalEngine | RayEngine | None = None
     files = dataset_files(config.path)
     plan = plan_dataset(config, files)
     engine.connect()  # before anything is written (an unreachable cluster leaves no folder); not the fit's time
-    done = set(prepare_out(config, plan))
-    out = Path(config.out)
+    run_dir = DatasetDir.check(Path(config.out))
+    with run_dir.claim(overwrite=config.overwrite, resume=config.resume):
+        run_dir.prepare(resume=config.resume)  # --overwrite writes beside the old run until the new one is done
+        result = fit_planned(config, plan, run_dir.path, engine, task, progress)
+        run_dir.commit()
+    if result.lost is not None:
+        raise TaskLost(f"{result.lost}; the groups already done are kept in {run_dir.out}: continue with --resume")
+    return dataclasses.replace(result, out=run_dir.out)
+
+
+def fit_planned(config: FitConfig, plan: Plan, out: Path, engine: LocalEngine | RayEngine,
+                task: Callable[[GroupTask], GroupResult], progress: bool) -> DatasetResult:  # fmt: skip
+    """Fit every group of ``plan`` not yet done into ``out``, then write the dataset summary."""
+    done = set(prepare_out(config, plan, out))
     atomic_write_text(out / CONFIG, yaml_dump(to_dict(config)))
     tasks = [
         GroupTask(index, [Path(plan.files[i]) for i in members], [plan.names[i] for i in members], config, out,
                   Path.cwd())
         for index, members in enumerate(plan.groups) if index not in done
     ]  # fmt: skip
-    status, fitted = "completed", 0
+    status, fitted, lost = "completed", 0, None
     started = time.perf_counter()
     with tqdm(total=sum(len(t.paths) for t in tasks), unit="field", disable=None if progress else True,
               dynamic_ncols=True, desc="fields") as bar:  # fmt: skip
@@ -545,11 +556,11 @@ def run_dataset(config: FitConfig, engine: LocalEngine | RayEngine | None = None
         except KeyboardInterrupt:
             status = "interrupted"
         except TaskLost as error:
-            raise TaskLost(f"{error}; the groups already done are kept in {out}: continue with --resume") from error
+            status, lost = "lost", str(error)
     wall_s = time.perf_counter() - started
     summaries = read_summaries(out, len(plan.groups))
     write_dataset_summary(out, config, summaries, plan, fitted, wall_s)
-    return DatasetResult(out, summaries, status, fitted, wall_s)
+    return DatasetResult(out, summaries, status, fitted, wall_s, lost)
 
 
 def read_summaries(out: Path, groups: int) -> list[dict[str, Any]]:

@@ -145,6 +145,11 @@ class RunDir:
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT
 
+    @staticmethod
+    def owns(name: str) -> bool:
+        """Whether an entry of the folder is the run's (replaced by --overwrite) rather than the user's (kept)."""
+        return is_run_entry(name)
+
     @property
     def metrics_path(self) -> Path:
         return self.path / METRICS
@@ -230,7 +235,7 @@ class RunDir:
         :meth:`commit`; other files in the folder stay."""
         if resume:
             return
-        if self.out.is_dir() and any(is_run_entry(entry.name) for entry in self.out.iterdir()):
+        if self.out.is_dir() and any(self.owns(entry.name) for entry in self.out.iterdir()):
             shutil.rmtree(self.staging_path, ignore_errors=True)
             self.staging_path.mkdir()
             self.path = self.staging_path
@@ -270,7 +275,7 @@ class RunDir:
         if not previous.exists():
             return
         for entry in previous.iterdir():
-            if not is_run_entry(entry.name) and not (self.out / entry.name).exists():
+            if not self.owns(entry.name) and not (self.out / entry.name).exists():
                 os.rename(entry, self.out / entry.name)
         shutil.rmtree(previous)
 

@@ -221,3 +221,34 @@ def test_a_diverging_group_keeps_its_last_good_fields_and_exits_3(tmp_path: Path
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["status"] == "diverged" and np.isfinite(summary["psnr"])
         assert all(torch.isfinite(p).all() for p in load_field(out / name / WEIGHTS_NAME).parameters())
+
+
+def folder_digest(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_dataset_folder_in_use_is_refused_and_overwrite_replaces_only_a_finished_run(tmp_path: Path, capsys) -> None:
+    """The dataset folder has a single run's guarantees: a lock against a second run, and --overwrite that keeps the
+    old run until the new one has written its summary."""
+    from fitters import dataset
+    from fitters.run_dir import RunDir
+
+    photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "in"), "--optim", "adam", "--lr", "1e-2", "--steps", "2", "--out", str(out), *SMALL]
+    assert main(args) == 0
+    before = folder_digest(out)
+
+    with RunDir(out).claim(overwrite=True, resume=False):  # another run holds the folder
+        assert main([*args, "--overwrite"]) == 2
+    assert f"in use by another run (pid {os.getpid()})" in capsys.readouterr().err
+    assert folder_digest(out) == before
+
+    def failing_group(task):
+        raise RuntimeError("the machine ran out of memory")  # the new run fails before its first group finishes
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        dataset.run_dataset(dataset.FitConfig(path=tmp_path / "in", optim="adam", lr=1e-2, steps=2, out=out,
+                                              overwrite=True, field=FIELD), task=failing_group)  # fmt: skip
+    assert folder_digest(out) == before  # the old run is untouched
+    assert not any(path.name.startswith(".out.") for path in tmp_path.iterdir())  # no staging or lock left
