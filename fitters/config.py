@@ -61,7 +61,8 @@ class FitConfig:
     """Fit a neural field to PATH (image, audio, video or mesh; the type comes from the file suffix)."""
 
     path: tyro.conf.Positional[Path] = NO_PATH
-    """The signal file: .png/.jpg (image), .wav/.flac (audio), .mp4/.avi/.mov (video), .obj/.ply/.off/.stl (mesh)."""
+    """The signal file: .png/.jpg (image), .wav/.flac (audio), .mp4/.avi/.mov (video), .obj/.ply/.off/.stl (mesh); or a
+    folder (or a quoted glob) of files of one kind, each fitted with its own field (see --group, --ray)."""
     optim: OptimizerName = "adam"
     """Optimizer (nf_precond.optim.OPTIMIZERS); lbfgs is full batch with a line search."""
     field: Annotated[FieldConfig, tyro.conf.OmitArgPrefixes] = FieldConfig()
