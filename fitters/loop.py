@@ -251,9 +251,10 @@ class FitLoop:
         return counted_closure
 
     # -- logging -----------------------------------------------------------------------------------------------
-    def _log(self, loss: torch.Tensor | None, full: bool = False) -> dict[str, Any]:
+    def _log(self, loss: torch.Tensor | None, full: bool = False, metrics: dict[str, float] | None = None) -> dict[str, Any]:
         """The metrics record of this step: the headline metric over the progress subset, or over the whole signal
-        when ``full`` (and whenever the signal is its own progress subset); ``eval_samples`` says which."""
+        when ``full`` (and whenever the signal is its own progress subset), or ``metrics`` already measured on the
+        whole signal; ``eval_samples`` says which."""
         record: dict[str, Any] = {
             "step": self.step,
             "time_s": round(self.time_s, 6),
@@ -261,7 +262,10 @@ class FitLoop:
             "closure_evals": self.closure_evals,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-        record.update(self._evaluate(full))
+        if metrics is not None:
+            record.update({**metrics, "eval_samples": self.signal.num_eval_samples})
+        else:
+            record.update(self._evaluate(full))
         record.update(self.sampler.stats())
         self._last_logged_step = self.step
         return record
@@ -409,20 +413,22 @@ class FitLoop:
             if counting:
                 self._sync()
                 self.time_s += time.perf_counter() - segment_start
-            if status != "diverged" and self._last_logged_step != self.step:
-                record = self._log(loss, full=True)
+            # One pass over the whole signal gives the final metrics, the closing record and the reconstruction.
+            out_dir = self.run_dir.path if self.run_dir is not None else None
+            final = self.signal.finish(self.predict, out_dir) if status != "diverged" else None
+            if final is not None and self._last_logged_step != self.step:
+                record = self._log(loss, metrics=final)
                 if self._healthy(record):
                     self._publish(record, history, bar)
                 else:
-                    status, diverged_at = "diverged", self.step
+                    status, diverged_at, final = "diverged", self.step, None
             if status == "diverged":
                 self._roll_back()
             elif self._last_checkpoint_step != self.step:
                 self._checkpoint()
         outcome = FitOutcome(status, self.step, self.time_s, self.closure_evals, history, diverged_at=diverged_at)
-        outcome.final_metrics = self.signal.final_metrics(self.predict)
+        outcome.final_metrics = final if final is not None else self.signal.finish(self.predict, out_dir)
         if self.run_dir is not None:
-            self.signal.save_reconstruction(self.predict, self.run_dir.path)
             self.run_dir.write_summary(self.summary(outcome))
         return outcome
 

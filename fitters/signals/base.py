@@ -183,6 +183,14 @@ class Signal(abc.ABC):
         """Metrics for summary.json: ``evaluate`` plus any that are too costly to log every time (image SSIM)."""
         return self.evaluate(predict)
 
+    def finish(self, predict: Predict, out_dir: Path | None) -> dict[str, float]:
+        """What a run does last: ``final_metrics``, and the reconstruction written into ``out_dir`` when given. Signals
+        whose metrics and reconstruction need the same predictions override it to predict once."""
+        metrics = self.final_metrics(predict)
+        if out_dir is not None:
+            self.save_reconstruction(predict, out_dir)
+        return metrics
+
     def preview(self, predict: Predict) -> np.ndarray | None:
         """An HxWx3 uint8 picture of the reconstruction for the viewer, or None when there is nothing to show."""
         return None

@@ -85,12 +85,24 @@ class ImageSignal(GridSignal):
         return {"psnr": float(psnr.compute())}
 
     def final_metrics(self, predict: Predict) -> dict[str, float]:
-        image = self._reconstruct(predict)
+        return self._scores(self._reconstruct(predict))
+
+    def _scores(self, image: torch.Tensor) -> dict[str, float]:
         target = self._target_image()
         return {"psnr": metrics.psnr(image, target), "ssim": metrics.ssim(image, target)}
 
+    def finish(self, predict: Predict, out_dir: Path | None) -> dict[str, float]:
+        """Scores and writes one reconstruction."""
+        image = self._reconstruct(predict)
+        if out_dir is not None:
+            self._write(image, out_dir)
+        return self._scores(image)
+
     def save_reconstruction(self, predict: Predict, out_dir: Path) -> Path:
-        pixels = to_uint8(self._reconstruct(predict))
+        return self._write(self._reconstruct(predict), out_dir)
+
+    def _write(self, image: torch.Tensor, out_dir: Path) -> Path:
+        pixels = to_uint8(image)
         final = Path(out_dir) / "reconstruction.png"
         with atomic_path(final) as temporary:
             iio.imwrite(temporary, pixels[..., 0] if self.channels == 1 else pixels)

@@ -88,8 +88,20 @@ class VideoSignal(GridSignal):
         per_frame = 10.0 * torch.log10(count[seen] / error[seen])  # data range 1: PSNR = 10 log10(1 / MSE)
         return {"psnr": float(per_frame.mean())}
 
+    def finish(self, predict: Predict, out_dir: Path | None) -> dict[str, float]:
+        """The metrics of ``evaluate``, measured on the frames as they are written (one pass over the clip)."""
+        if out_dir is None:
+            return self.final_metrics(predict)
+        per_frame: list[float] = []
+        self._write(predict, out_dir, per_frame)
+        return {"psnr": float(np.mean(per_frame)), "psnr_worst_frame": float(min(per_frame))}
+
     def save_reconstruction(self, predict: Predict, out_dir: Path) -> Path:
-        """Write ``reconstruction.mp4`` (H.264, yuv420p) at the input's frame rate, a block of frames at a time.
+        return self._write(predict, out_dir)
+
+    def _write(self, predict: Predict, out_dir: Path, per_frame: list[float] | None = None) -> Path:
+        """Write ``reconstruction.mp4`` (H.264, yuv420p) at the input's frame rate, a block of frames at a time, and
+        append each frame's PSNR to ``per_frame`` when given.
 
         yuv420p needs even sizes, so an odd height or width gets one replicated edge row or column.
         """
@@ -109,7 +121,10 @@ class VideoSignal(GridSignal):
             )
             with writer:
                 for _, rows in self.frame_blocks():
-                    frames = _to_uint8(self._frames(predict, rows)[0])
+                    pred, target = self._frames(predict, rows)
+                    if per_frame is not None:
+                        per_frame += [metrics.psnr(frame, target_frame) for frame, target_frame in zip(pred, target)]
+                    frames = _to_uint8(pred)
                     frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
                     for frame in frames:
                         writer.append_data(frame)

@@ -155,3 +155,13 @@ def test_psnr_in_blocks_equals_the_whole_image(tmp_path: Path, photo: np.ndarray
     subset = torch.tensor([3, 50, 100])
     assert signal.evaluate(field, subset)["psnr"] == pytest.approx(peak_signal_noise_ratio(
         signal.targets[subset].numpy(), field(signal.coords[subset]).clamp(0, 1).numpy(), data_range=1.0), rel=1e-5)
+
+
+def test_finish_scores_the_image_it_writes_in_one_pass(tmp_path: Path, photo: np.ndarray) -> None:
+    signal = load_signal(write(tmp_path / "p.png", photo), SignalOptions())
+    rows: list[int] = []
+    field = lambda coords: rows.append(len(coords)) or 0.5 + 0.4 * torch.sin(5 * coords[:, :1])  # noqa: E731
+    final = signal.finish(field, tmp_path)
+    assert sum(rows) == signal.num_samples and set(final) == {"psnr", "ssim"}
+    assert final["psnr"] == pytest.approx(signal.evaluate(field)["psnr"], rel=1e-5)
+    assert iio.imread(tmp_path / "reconstruction.png").shape == photo.shape

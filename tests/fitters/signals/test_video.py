@@ -177,3 +177,11 @@ def test_max_side_and_sample_budget() -> None:
     torch.testing.assert_close(window.targets, load(BIKES, SignalOptions(frames=(4, 6))).targets)
     with pytest.raises(SignalError, match="max-side"):
         load(BIKES, SignalOptions(max_side=-1))
+
+
+def test_finish_scores_the_frames_it_writes_in_one_pass(bikes: VideoSignal, tmp_path: Path) -> None:
+    rows: list[int] = []
+    counted = lambda coords: rows.append(len(coords)) or smooth_field(coords)  # noqa: E731
+    final = bikes.finish(counted, tmp_path)
+    assert sum(rows) == bikes.num_samples  # every sample predicted once, for the metrics and the file alike
+    assert final == pytest.approx(bikes.evaluate(smooth_field)) and (tmp_path / "reconstruction.mp4").is_file()
