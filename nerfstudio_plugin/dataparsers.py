@@ -2,13 +2,19 @@
 
 `ns-train <method> llff-data --data llff/fern` reads the standard LLFF layout the way the NeRF paper's loader does;
 `auto-data` (our methods' default) picks LLFF, Blender (`transforms_train.json`) or nerfstudio (`transforms.json`)
-from what the folder holds. Every problem with a folder is raised as `DatasetLayoutError` while the dataparser
-runs, i.e. before training starts, with one line naming the folder, what is wrong and how to fix it.
+from what the folder holds. Every problem with a folder (missing, empty or garbage files included) is raised as
+`DatasetLayoutError` while the dataparser runs, i.e. before training starts, with one line naming the folder, what
+is wrong and how to fix it.
+
+The LLFF parser also tells models how to sample the scene: a forward-facing capture (detected from the cameras'
+viewing directions) in NeRF's recentered, rescaled world gets NDC parameters in `metadata["ndc"]` (see `ndc.py`);
+360-degree captures get none and are sampled in world space, like Blender and nerfstudio folders.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence, Type
@@ -33,6 +39,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 AUTO_DOWNSCALE_FACTORS = (1, 2, 4, 8)
 """Factors `downscale_factor=None` chooses from: the ones LLFF ships as `images_{k}/` (plus 1 and 2)."""
+
+
+NDC_NEAR = 1.0
+"""Depth of NDC's near plane in the rescaled world (NeRF's LLFF setting; bd_factor puts content beyond it)."""
 
 
 class DatasetLayoutError(ValueError):
@@ -107,6 +117,17 @@ def frustum_box(
     return np.stack([points.min(axis=0), points.max(axis=0)])
 
 
+def faces_one_way(camera_to_worlds: np.ndarray, max_angle_degrees: float) -> bool:
+    """Whether every camera's viewing direction (-backwards) lies within `max_angle_degrees` of the cameras' mean
+    viewing direction: a forward-facing capture (LLFF's scenes), not one around an object (360 degrees)."""
+    viewing = -camera_to_worlds[:, :, 2] / np.linalg.norm(camera_to_worlds[:, :, 2], axis=1, keepdims=True)
+    mean = viewing.sum(axis=0)
+    norm = np.linalg.norm(mean)
+    if norm < 1e-9:
+        return False
+    return bool((viewing @ (mean / norm) >= np.cos(np.radians(max_angle_degrees))).all())
+
+
 def holdout_indices(num_images: int, llffhold: int, split: str) -> np.ndarray:
     """NeRF's LLFF split: every `llffhold`-th image (0, k, 2k, ...) is held out for eval; 0 keeps all in both."""
     all_indices = np.arange(num_images)
@@ -153,10 +174,14 @@ def load_poses_bounds(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{folder}: no poses_bounds.npy; an LLFF scene needs poses_bounds.npy beside images/ "
             "(make one with LLFF's imgs2poses.py, or use auto-data for Blender/nerfstudio layouts)"
         )
+    if path.stat().st_size == 0:
+        raise DatasetLayoutError(f"{folder}: poses_bounds.npy is empty (0 bytes); regenerate it")
     try:
         poses_bounds = np.load(path)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise DatasetLayoutError(f"{folder}: cannot read poses_bounds.npy ({error}); regenerate it")
+    if not isinstance(poses_bounds, np.ndarray) or not np.issubdtype(poses_bounds.dtype, np.number):
+        raise DatasetLayoutError(f"{folder}: poses_bounds.npy does not hold a numeric array; regenerate it")
     if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17 or len(poses_bounds) == 0:
         raise DatasetLayoutError(
             f"{folder}: poses_bounds.npy has shape {poses_bounds.shape}, expected [N, 17] "
@@ -195,10 +220,14 @@ class LLFFDataParserConfig(DataParserConfig):
     llffhold: int = 8
     """Hold out every llffhold-th image (0, k, 2k, ...) for eval, as the NeRF paper does; 0 trains and evaluates on
     all images."""
-    forward_facing: bool = True
-    """The cameras all face one way (LLFF's captures). Passed to models in metadata["forward_facing"] with the
-    rescaled near/far bounds, so they can sample between the bounds / in NDC space; set False for 360-degree captures
-    in the LLFF layout, so models sample the scene box instead."""
+    forward_facing: Optional[bool] = None
+    """Whether the cameras all face one way (LLFF's captures) rather than circle the scene (360 degrees). None
+    detects it: forward-facing when every camera looks within forward_facing_max_angle of the mean viewing direction.
+    Forward-facing scenes in NeRF's world (recenter and bd_factor set) get NDC parameters in metadata["ndc"], so
+    models sample them in normalized device coordinates as NeRF does; others are sampled in world space."""
+    forward_facing_max_angle: float = 45.0
+    """Largest angle, in degrees, between a camera's viewing direction and the mean one in a forward-facing capture
+    (handheld LLFF captures stay within about 20 degrees; a half orbit already exceeds 45)."""
 
 
 @dataclass
@@ -227,6 +256,14 @@ class LLFF(DataParser):
         fy = poses[:, 2, 4] * height / poses[:, 0, 4]
         cx, cy = np.full(len(poses), width / 2.0), np.full(len(poses), height / 2.0)
         box = frustum_box(camera_to_worlds, bounds[:, 0], bounds[:, 1], cx / fx, cy / fy)
+        forward_facing = self.config.forward_facing
+        if forward_facing is None:
+            forward_facing = faces_one_way(camera_to_worlds, self.config.forward_facing_max_angle)
+        ndc = None
+        if forward_facing and self.config.recenter and self.config.bd_factor is not None:
+            # NeRF's NDC: the mean camera's intrinsics, near plane at depth 1 (content starts at 1 / bd_factor).
+            ndc = {"scale_x": float(np.mean(2.0 * fx / width)), "scale_y": float(np.mean(2.0 * fy / height)),
+                   "near": NDC_NEAR}  # fmt: skip
 
         indices = holdout_indices(len(poses), self.config.llffhold, split)
         fx, fy, cx, cy = (torch.from_numpy(values[indices, None]).float() for values in (fx, fy, cx, cy))
@@ -248,9 +285,10 @@ class LLFF(DataParser):
             dataparser_scale=scale,
             metadata={
                 "layout": "llff",
-                "forward_facing": self.config.forward_facing,
+                "forward_facing": forward_facing,
                 "near": float(bounds[:, 0].min()),
                 "far": float(bounds[:, 1].max()),
+                **({"ndc": ndc} if ndc is not None else {}),
             },
         )
 
@@ -327,17 +365,43 @@ def detect_layout(data: Path) -> Layout:
     raise DatasetLayoutError(f"{data}: unknown dataset layout, found none of {expected}; pass a scene folder")
 
 
-def read_frames(transforms: Path) -> list[dict]:
-    """The `frames` of a transforms JSON file, each checked to name its image in `file_path`."""
+NERFSTUDIO_INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+"""Camera keys nerfstudio's parser needs, at the top level of transforms.json or in every frame."""
+
+
+def read_transforms(transforms: Path) -> dict:
+    """A transforms JSON file as a dict whose non-empty `frames` each name an image (`file_path`) and carry a finite
+    4x4 `transform_matrix`."""
     try:
-        frames = load_from_json(transforms).get("frames")
-    except ValueError as error:
+        content = load_from_json(transforms)
+    except ValueError as error:  # includes empty files and undecodable bytes
         raise DatasetLayoutError(f"{transforms.parent}: {transforms.name} is not valid JSON ({error}); regenerate it")
-    if not frames or not all(isinstance(frame, dict) and "file_path" in frame for frame in frames):
+    frames = content.get("frames") if isinstance(content, dict) else None
+    if not frames or not isinstance(frames, list) or not all(isinstance(f, dict) and "file_path" in f for f in frames):
         raise DatasetLayoutError(
-            f"{transforms.parent}: {transforms.name} needs a non-empty frames list, each frame with a file_path"
+            f"{transforms.parent}: {transforms.name} needs a JSON object with a non-empty frames list, each frame with "
+            "a file_path; regenerate it"
         )
-    return frames
+    for frame in frames:
+        if not is_pose_matrix(frame.get("transform_matrix")):
+            raise DatasetLayoutError(
+                f"{transforms.parent}: {transforms.name}: frame {frame['file_path']} has no finite 4x4 "
+                "transform_matrix; regenerate it"
+            )
+    return content
+
+
+def is_pose_matrix(value: object) -> bool:
+    """Whether `value` is a finite 4x4 matrix (nested lists of numbers)."""
+    try:
+        matrix = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return matrix.shape == (4, 4) and bool(np.isfinite(matrix).all())
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def check_blender_folder(data: Path) -> None:
@@ -348,20 +412,30 @@ def check_blender_folder(data: Path) -> None:
             continue  # only ns-eval reads it, and nerfstudio names the file if it is missing then
         if not transforms.is_file():
             raise DatasetLayoutError(f"{data}: no {transforms.name}; a Blender scene needs transforms_train/val.json")
-        frames = read_frames(transforms)
-        if "camera_angle_x" not in load_from_json(transforms):
-            raise DatasetLayoutError(f"{data}: {transforms.name} has no camera_angle_x (the horizontal field of view)")
+        content = read_transforms(transforms)
+        if not is_number(content.get("camera_angle_x")):
+            raise DatasetLayoutError(
+                f"{data}: {transforms.name} has no numeric camera_angle_x (the horizontal field of view in radians)"
+            )
         # Blender's loader appends ".png" to each file_path.
-        common_image_size([data / (frame["file_path"].replace("./", "") + ".png") for frame in frames], data)
+        common_image_size([data / (frame["file_path"].replace("./", "") + ".png") for frame in content["frames"]], data)
 
 
 def check_nerfstudio_folder(data: Path) -> None:
-    """The transforms file lists frames whose images exist (sizes may differ: each frame may carry its own)."""
+    """The transforms file lists frames whose images exist, with the camera intrinsics nerfstudio's parser needs
+    (sizes may differ: each frame may carry its own)."""
     transforms = data if data.is_file() else data / "transforms.json"
-    for frame in read_frames(transforms):
+    content = read_transforms(transforms)
+    for frame in content["frames"]:
         path = transforms.parent / frame["file_path"]
         if not path.is_file():
             raise DatasetLayoutError(f"{transforms.parent}: image {path} is missing; restore it or remove its frame")
+        missing = [key for key in NERFSTUDIO_INTRINSICS if not is_number(frame.get(key, content.get(key)))]
+        if missing:
+            raise DatasetLayoutError(
+                f"{transforms.parent}: {transforms.name}: frame {frame['file_path']} has no numeric "
+                f"{', '.join(missing)}; give them at the top level or in every frame"
+            )
 
 
 def select_dataparser(config: AutoDataParserConfig) -> DataParser:

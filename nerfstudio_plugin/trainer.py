@@ -12,12 +12,19 @@ closure, no `create_graph`. Here one training step is:
 
 No grad scaler and no autocast: Hessian-vector products need full precision. Checkpoints (written atomically),
 resume, eval, the viewer, `ns-eval`, `ns-render` and `ns-viewer` are nerfstudio's own.
+
+Bad input ends `ns-train` with one line `ns-train: error: ...` and a non-zero exit, before the run folder exists:
+ns-train writes config.yml (`save_config`) before it builds the trainer, so `ClosureTrainerConfig.save_config` first
+parses the dataset and checks the viewer ports (`preflight`). A setup that still fails removes the run folder it
+created, as long as that folder holds nothing but config.yml and dataparser_transforms.json.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Literal, Tuple, Type
 
 import numpy as np
@@ -30,6 +37,53 @@ from nf_precond.atomic import atomic_path
 from nf_precond.optim import make_closure
 
 
+RUN_FOLDER_SCAFFOLD = frozenset({"config.yml", "dataparser_transforms.json"})
+"""What ns-train writes into a run folder before training; a folder holding only these (and empty folders) after a
+failed setup is removed."""
+
+
+class PreflightError(ValueError):
+    """A setting ns-train cannot run with, found before the run folder is created; the message names the fix."""
+
+
+def preflight(config: TrainerConfig) -> None:
+    """Check what would otherwise fail after ns-train created the run folder: the viewer ports, and the dataset
+    (parsed once with the configured dataparser: a `DatasetLayoutError` names the folder and the fix)."""
+    if config.is_viewer_enabled() or config.is_viewer_legacy_enabled():
+        for flag, port in (("websocket-port", config.viewer.websocket_port),
+                           ("websocket-port-default", config.viewer.websocket_port_default)):  # fmt: skip
+            if port is not None and not 1 <= port <= 65535:
+                raise PreflightError(
+                    f"--viewer.{flag} {port} is not a TCP port; pass one in 1-65535 (or leave --viewer.websocket-port "
+                    "unset to use a free one)"
+                )
+    datamanager = config.pipeline.datamanager
+    parser_config = copy.deepcopy(datamanager.dataparser)
+    if getattr(datamanager, "data", None) is not None:
+        parser_config.data = Path(datamanager.data)  # what the datamanager does with --data
+    parser_config.setup().get_dataparser_outputs(split="train")
+
+
+def remove_unused_run_folder(run_folder: Path, output_dir: Path) -> None:
+    """Delete `run_folder` if it holds only `RUN_FOLDER_SCAFFOLD` files and empty folders, then its parents up to
+    (not including) `output_dir` while they are empty; anything else in it keeps the folder."""
+    if not run_folder.is_dir():
+        return
+    entries = list(run_folder.rglob("*"))
+    files = [entry for entry in entries if not entry.is_dir()]
+    if any(entry.parent != run_folder or entry.name not in RUN_FOLDER_SCAFFOLD for entry in files):
+        return
+    for entry in files:
+        entry.unlink()
+    for folder in sorted((entry for entry in entries if entry.is_dir()), key=lambda path: -len(path.parts)):
+        folder.rmdir()  # deepest first
+    run_folder.rmdir()
+    folder, output_dir = run_folder.resolve().parent, output_dir.resolve()
+    while output_dir in folder.parents and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
 @dataclass
 class ClosureTrainerConfig(TrainerConfig):
     """nerfstudio's TrainerConfig for `ClosureTrainer`."""
@@ -38,6 +92,20 @@ class ClosureTrainerConfig(TrainerConfig):
     steps_per_batch: int = 1
     """Consecutive training steps that reuse one ray batch (and one closure). Above 1, L-BFGS's curvature pairs and
     its cached start point stay consistent within a batch instead of mixing gradients of different batches."""
+
+    def save_config(self) -> None:
+        """Run `preflight`, then write config.yml into a new run folder (ns-train calls this first of all); bad input
+        ends the program with one line before anything is written."""
+        try:
+            preflight(self)
+            super().save_config()
+        except (DatasetLayoutError, PreflightError) as error:
+            raise SystemExit(f"ns-train: error: {error}") from None
+        except OSError as error:
+            raise SystemExit(
+                f"ns-train: error: cannot write the run folder {self.get_base_dir()} ({error.strerror or error}); "
+                "pass a writable --output-dir"
+            ) from None
 
 
 def without_numpy_scalars(value: Any) -> Any:
@@ -90,12 +158,15 @@ class ClosureTrainer(Trainer):
         self._seed_generator = torch.Generator().manual_seed(config.machine.seed)
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
-        """nerfstudio's setup; a dataset folder that cannot be used ends ns-train with its one-line message, before
-        any training and without a traceback."""
+        """nerfstudio's setup; if it fails, the run folder goes too (when nothing but config.yml is in it), and a
+        dataset folder that cannot be used ends ns-train with its one-line message, without a traceback."""
         try:
             super().setup(test_mode)
-        except DatasetLayoutError as error:
-            raise SystemExit(f"error: {error}") from None
+        except BaseException as error:
+            remove_unused_run_folder(self.base_dir, Path(self.config.output_dir))
+            if isinstance(error, DatasetLayoutError):
+                raise SystemExit(f"ns-train: error: {error}") from None
+            raise
 
     def _new_closure(self, step: int, optimizer: torch.optim.Optimizer) -> Callable[[], torch.Tensor]:
         """Fetch a ray batch and return the closure that evaluates the model on it."""
@@ -149,4 +220,12 @@ class ClosureTrainer(Trainer):
                     old.unlink()
 
 
-__all__ = ["ClosureTrainer", "ClosureTrainerConfig", "single_optimizer", "without_numpy_scalars"]
+__all__ = [
+    "ClosureTrainer",
+    "ClosureTrainerConfig",
+    "PreflightError",
+    "preflight",
+    "remove_unused_run_folder",
+    "single_optimizer",
+    "without_numpy_scalars",
+]

@@ -108,6 +108,8 @@ def test_parser_on_hand_built_folder(tmp_path: Path) -> None:
     assert outputs.metadata["near"] == pytest.approx(2.0 * scale)
     assert outputs.metadata["far"] == pytest.approx(10.0 * scale)
     assert outputs.metadata["forward_facing"] is True
+    # NeRF's NDC for forward-facing captures: scales 2 fx / W = 2 * 10 / 8 and 2 fy / H = 2 * 10 / 6, near plane 1.
+    assert outputs.metadata["ndc"] == {"scale_x": 2.5, "scale_y": pytest.approx(10.0 / 3.0), "near": 1.0}
     torch.testing.assert_close(cameras.fx, torch.full((4, 1), 10.0))
     torch.testing.assert_close(cameras.cx, torch.full((4, 1), 4.0))
     torch.testing.assert_close(cameras.cy, torch.full((4, 1), 3.0))
@@ -126,6 +128,38 @@ def test_parser_without_rescale_or_recentre_keeps_llff_units(tmp_path: Path) -> 
     outputs = parse(tmp_path, llffhold=0, downscale_factor=1, bd_factor=None, recenter=False)
     torch.testing.assert_close(outputs.cameras.camera_to_worlds[:, :, 3], torch.tensor(positions).float())
     assert outputs.metadata["near"] == 2.0 and outputs.dataparser_scale == 1.0
+    # Still forward-facing, but not NeRF's world (no near plane at depth 1 in front of the content): no NDC.
+    assert outputs.metadata["forward_facing"] is True and "ndc" not in outputs.metadata
+
+
+def write_posed_llff_folder(root: Path, camera_to_worlds: np.ndarray, size=(6, 8), focal=10.0) -> None:
+    """An LLFF folder by hand from OpenGL cameras [N, 3, 4] (stored in LLFF's [down, right, backwards] columns)."""
+    height, width = size
+    right, up, backwards, position = np.moveaxis(camera_to_worlds, 2, 0)
+    hwf = np.broadcast_to(np.array([height, width, focal]), position.shape)
+    matrices = np.stack([-up, right, backwards, position, hwf], axis=2).reshape(len(position), 15)
+    bounds = np.tile([1.0, 6.0], (len(position), 1))
+    (root / "images").mkdir(parents=True)
+    np.save(root / "poses_bounds.npy", np.concatenate([matrices, bounds], axis=1))
+    for index in range(len(position)):
+        Image.new("RGB", (width, height)).save(root / "images" / f"{index:03d}.png")
+
+
+@pytest.mark.parametrize("spread_degrees, forward_facing", [(0.0, True), (30.0, True), (60.0, False), (180.0, False)])
+def test_forward_facing_is_detected_from_the_viewing_directions(
+    tmp_path: Path, spread_degrees: float, forward_facing: bool
+) -> None:
+    """Cameras on an arc around a point, looking at it; the arc's end cameras look `spread_degrees` away from the
+    mean viewing direction: within 45 degrees a forward-facing capture (NDC), beyond it one around the scene."""
+    angles = np.radians(np.linspace(-spread_degrees, spread_degrees, 5))
+    positions = 4.0 * np.stack([np.sin(angles), np.zeros_like(angles), np.cos(angles)], axis=1)
+    cameras = np.stack([look_at(position, (0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) for position in positions])
+    write_posed_llff_folder(tmp_path, cameras)
+    metadata = parse(tmp_path, llffhold=0, downscale_factor=1).metadata
+    assert metadata["forward_facing"] is forward_facing
+    assert ("ndc" in metadata) is forward_facing
+    # An explicit setting wins over the detection.
+    assert parse(tmp_path, llffhold=0, downscale_factor=1, forward_facing=True).metadata["forward_facing"] is True
 
 
 def test_cameras_rotated_in_llff_frame_come_out_rotated_in_opengl(tmp_path: Path) -> None:
@@ -380,6 +414,28 @@ def test_llff_malformed_poses_bounds(tmp_path: Path, rows: np.ndarray) -> None:
     assert_clear_error(error, tmp_path, "expected [N, 17]")
 
 
+@pytest.mark.parametrize(
+    "content, fragment",
+    [(b"", "empty (0 bytes)"), (b"\x93NUMPY garbage \xff\x00" * 3, "cannot read poses_bounds.npy"),
+     (b"just some text", "cannot read poses_bounds.npy")],
+)  # fmt: skip
+def test_llff_empty_or_garbage_poses_bounds(tmp_path: Path, content: bytes, fragment: str) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "poses_bounds.npy").write_bytes(content)
+    for make in (lambda: parse(tmp_path), lambda: AutoDataParserConfig(data=tmp_path).setup().get_dataparser_outputs()):
+        with pytest.raises(DatasetLayoutError) as error:
+            make()
+        assert_clear_error(error, tmp_path, fragment, "regenerate it")
+
+
+def test_llff_poses_bounds_of_strings(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    np.save(tmp_path / "poses_bounds.npy", np.array([["a"] * 17]))
+    with pytest.raises(DatasetLayoutError) as error:
+        parse(tmp_path)
+    assert_clear_error(error, tmp_path, "numeric array")
+
+
 def test_missing_folder(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     for make in (lambda: parse(missing), lambda: AutoDataParserConfig(data=missing).setup()):
@@ -430,18 +486,37 @@ def test_nerfstudio_missing_image(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content, fragment",
-    [("{not json", "not valid JSON"), ('{"frames": []}', "non-empty frames"), ('{"frames": [{}]}', "file_path")],
-)
-def test_malformed_transforms_json(tmp_path: Path, content: str, fragment: str) -> None:
-    (tmp_path / "transforms.json").write_text(content)
+    [(b"{not json", "not valid JSON"), (b"", "not valid JSON"), (b"\xff\xfe\x00garbage", "not valid JSON"),
+     (b"[1, 2]", "JSON object"), (b'{"frames": []}', "non-empty frames"), (b'{"frames": [{}]}', "file_path"),
+     (b'{"frames": [{"file_path": "a.png"}]}', "transform_matrix"),
+     (b'{"frames": [{"file_path": "a.png", "transform_matrix": [[1, 0], [0, 1]]}]}', "4x4 transform_matrix")],
+)  # fmt: skip
+@pytest.mark.parametrize("name", ["transforms.json", "transforms_train.json"])
+def test_malformed_transforms_json(tmp_path: Path, name: str, content: bytes, fragment: str) -> None:
+    """nerfstudio and Blender layouts: empty, garbage or malformed transforms files are one clear line."""
+    (tmp_path / name).write_bytes(content)
     with pytest.raises(DatasetLayoutError) as error:
         AutoDataParserConfig(data=tmp_path).setup()
-    assert_clear_error(error, tmp_path, fragment)
+    assert_clear_error(error, tmp_path, name, fragment)
+
+
+def test_nerfstudio_frame_without_intrinsics(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    frames = [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist(), "fl_x": 10.0}]
+    (tmp_path / "transforms.json").write_text(json.dumps({"frames": frames, "cx": 4, "cy": 3, "w": 8, "h": 6}))
+    with pytest.raises(DatasetLayoutError) as error:
+        AutoDataParserConfig(data=tmp_path).setup()
+    assert_clear_error(error, tmp_path, "a.png has no numeric fl_y")
 
 
 def test_blender_without_camera_angle(blender_scene: dict[str, RenderedViews], copy_scene) -> None:
     root = copy_scene(blender_scene)
     meta = json.loads((root / "transforms_train.json").read_text())
+    meta["camera_angle_x"] = "wide"
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetLayoutError) as error:
+        AutoDataParserConfig(data=root).setup()
+    assert_clear_error(error, root, "numeric camera_angle_x")
     del meta["camera_angle_x"]
     (root / "transforms_train.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetLayoutError) as error:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("nerfstudio")
 
@@ -39,7 +40,9 @@ def test_paper_defaults() -> None:
     gauss = configs["gauss-esgd"]
     model = gauss.pipeline.model
     field = model.field
-    assert (field.activation, field.layers, field.hidden, field.sigma, model.num_samples) == ("gauss", 8, 256, 0.1, 128)
+    assert (field.activation, field.layers, field.hidden, field.sigma) == ("gauss", 8, 256, 0.1)
+    # NeRF's hierarchical sampling (64 coarse + 128 fine), in NDC for forward-facing scenes.
+    assert (model.num_samples, model.num_importance_samples, model.ndc) == (64, 128, True)
     assert gauss.pipeline.datamanager.train_num_rays_per_batch == 2048
     fields = gauss.optimizers["fields"]
     assert (fields["optimizer"].name, fields["optimizer"].lr) == ("esgd", 1.0)
@@ -48,10 +51,14 @@ def test_paper_defaults() -> None:
     assert names == {"gauss-esgd": "esgd", "gauss-esgd-max": "esgd-max", "gauss-adam": "adam", "sine-esgd": "esgd",
                      "tinynerf-lbfgs": "lbfgs", "tinynerf-adam": "adam", "kilonerf-lbfgs": "lbfgs",
                      "kilonerf-adam": "adam"}  # fmt: skip
+    for name in ("gauss-esgd-max", "gauss-adam", "sine-esgd"):
+        assert configs[name].pipeline.model.num_importance_samples == 128
     tiny = configs["tinynerf-lbfgs"].pipeline.model
     assert (tiny.field.layers, tiny.field.hidden, tiny.field.activation, tiny.view_dependent) == (4, 128, "gauss", False)
     kilo = configs["kilonerf-lbfgs"].pipeline.model
     assert (kilo.grid, kilo.field.layers, kilo.field.hidden, kilo.field.activation) == ("kilo", 2, 32, "sine")
+    # Paper 1 keeps uniform samples only (no hierarchical sampling).
+    assert tiny.num_importance_samples == kilo.num_importance_samples == 0
     # Baselines train the same fields as the methods they compare against.
     for method, baseline in (("gauss-esgd", "gauss-adam"), ("tinynerf-lbfgs", "tinynerf-adam"),
                              ("kilonerf-lbfgs", "kilonerf-adam")):  # fmt: skip
@@ -90,8 +97,8 @@ def test_device_follows_cuda_availability() -> None:
 
 def train(name: str, data: Path, output_dir: Path, steps: int = 2) -> Path:
     """Train `name` for `steps` tiny steps in-process, as ns-train does; returns the run folder."""
-    config = configure(name, data, output_dir, rays=16, samples=8, iterations=steps)
-    if config.pipeline.model.field == "kilo":
+    config = configure(name, data, output_dir, rays=16, samples=8, importance_samples=8, iterations=steps)
+    if config.pipeline.model.grid == "kilo":
         config.pipeline.model.kilo_resolution = 2
     else:
         config.pipeline.model.field = dataclasses.replace(config.pipeline.model.field, layers=2, hidden=16)
@@ -131,18 +138,28 @@ def test_entry_points_register_every_method() -> None:
 
 
 @pytest.mark.slow
-def test_ns_train_on_cpu_without_device_flag_then_ns_eval(llff_scene, tmp_path: Path) -> None:
-    """`ns-train gauss-esgd --data <scene>` with no device flag trains on the CPU; `ns-eval` reads the finished run
-    and reports PSNR/SSIM (LPIPS only with cached weights: nothing downloads)."""
+def test_ns_train_on_cpu_without_device_flag_then_ns_eval_and_ns_render(llff_scene, tmp_path: Path) -> None:
+    """`ns-train gauss-esgd --data <scene>` with no device flag trains on the CPU (hierarchical sampling in NDC);
+    `ns-eval` reads the finished run and reports PSNR/SSIM (LPIPS only with cached weights: nothing downloads);
+    `ns-render dataset` renders the held-out views at their size."""
     result = run_cli(str(BIN / "ns-train"), "gauss-esgd", "--data", str(llff_scene.root), "--output-dir",
                      str(tmp_path), "--max-num-iterations", "2", "--vis", "tensorboard",
                      "--pipeline.datamanager.train-num-rays-per-batch", "16", "--pipeline.model.num-samples", "8",
+                     "--pipeline.model.num-importance-samples", "8",
                      "--pipeline.model.field.layers", "2", "--pipeline.model.field.hidden", "16")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (config_path,) = tmp_path.glob("*/gauss-esgd/*/config.yml")
-    assert "device_type: cpu" in config_path.read_text()
+    saved = config_path.read_text()
+    assert "device_type: cpu" in saved and "num_importance_samples: 8" in saved and "ndc: true" in saved
     output = tmp_path / "eval.json"
     result = run_cli(str(BIN / "ns-eval"), "--load-config", str(config_path), "--output-path", str(output))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads(output.read_text())["results"]
     assert 0 < metrics["psnr"] < 60 and 0 <= metrics["ssim"] <= 1
+    renders = tmp_path / "renders"
+    result = run_cli(str(BIN / "ns-render"), "dataset", "--load-config", str(config_path), "--output-path",
+                     str(renders), "--split", "test", "--rendered-output-names", "rgb")  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # One held-out view (8 views, every 8th held out); nerfstudio names a lone render after its output ("rgb").
+    (rendered,) = [path for path in (renders / "test").rglob("*") if path.suffix in (".png", ".jpg")]
+    assert Image.open(rendered).size == Image.open(llff_scene.image_paths[0]).size

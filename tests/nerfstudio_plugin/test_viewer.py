@@ -59,6 +59,7 @@ def test_viewer_renders_in_headless_chromium(llff_scene, tmp_path: Path) -> None
         [str(BIN / "ns-train"), "gauss-esgd", "--data", str(llff_scene.root), "--output-dir", str(tmp_path / "runs"),
          "--vis", "viewer", "--viewer.websocket-port", str(port), "--max-num-iterations", "100000",
          "--pipeline.datamanager.train-num-rays-per-batch", "16", "--pipeline.model.num-samples", "8",
+         "--pipeline.model.num-importance-samples", "8",
          "--pipeline.model.field.layers", "2", "--pipeline.model.field.hidden", "16"],  # fmt: skip
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
