@@ -235,7 +235,7 @@ def chosen_settings(config: FitConfig) -> dict[str, str]:
     for key in preset_keys(config.config):
         chosen.setdefault(key, "preset")
     for key, value in values.items():
-        if config.resume or value != plain[key]:
+        if config.resume or key not in plain or value != plain[key]:
             chosen.setdefault(key, "given")
     return chosen
 
