@@ -30,7 +30,7 @@ from benchmarks.common import RESULTS, machine_facts, write_results
 from fitters import metrics
 from fitters.bench import BenchConfig, RunSpec, analyse, fit_one, run_config
 from fitters.build import check_fits
-from fitters.config import with_log_interval
+from fitters.config import fit_to_signal
 from fitters.signals import Signal, SignalOptions, load_signal
 from nf_precond.atomic import atomic_path
 from nf_precond.nn import FieldConfig
@@ -81,7 +81,7 @@ def race(signal: Signal, base: BenchConfig, runs: list[tuple[str, float | None]]
     results = []
     for name, lr in runs:
         label = name if lr is None else f"{name}@{lr:g}"
-        config = with_log_interval(run_config(base, RunSpec(label, name, lr)), signal.num_samples)
+        config = fit_to_signal(run_config(base, RunSpec(label, name, lr)), signal)
         try:
             check_fits(config, signal)
         except ValueError as error:  # e.g. Levenberg–Marquardt on a problem too large for it: recorded, not raced

@@ -32,10 +32,10 @@ from fitters.config import (
     INT_FLAGS,
     FitConfig,
     apply_threads,
+    fit_to_signal,
     resolve,
     resolve_device,
     to_dict,
-    with_log_interval,
 )
 from fitters.distributed import engine_for
 from fitters.kilo import make_grid
@@ -267,7 +267,7 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
     name = config.name or f"{signal.kind}_{config.path.stem}"
     target = config.target
     runs: list[dict[str, Any]] = []
-    configs = [with_log_interval(run_cfg, signal.num_samples) for run_cfg in configs]
+    configs = [fit_to_signal(run_cfg, signal) for run_cfg in configs]
     for run_cfg in configs:
         check_fits(run_cfg, signal)
     if config.group is not None:

@@ -21,8 +21,8 @@ from nf_precond.nn import CompiledField
 from nf_precond.optim import OPTIMIZERS, needs_graph
 
 AUTO_MIN_POINT_STEPS = 2e7
-"""auto compiles runs that evaluate the field on at least this many points in training (steps x batch), or that
-train for at least ``AUTO_MIN_BUDGET_S``: below that, compiling costs more than it saves."""
+"""auto compiles runs that evaluate the field on at least this many points in training (steps x batch), or, under
+--time-budget, that train for at least ``AUTO_MIN_BUDGET_S``: below that, compiling costs more than it saves."""
 AUTO_MIN_BUDGET_S = 60.0
 
 
@@ -33,9 +33,9 @@ def wants_compile(config: FitConfig, signal: Signal) -> bool:
         return False
     if config.compile == "on":
         return True
-    points = config.batch_size or signal.num_samples
-    long_budget = config.time_budget is not None and config.time_budget >= AUTO_MIN_BUDGET_S
-    return long_budget or config.steps * points >= AUTO_MIN_POINT_STEPS
+    if config.time_budget is not None:  # the budget bounds the run, whatever the step count
+        return config.time_budget >= AUTO_MIN_BUDGET_S
+    return config.steps * (config.batch_size or signal.num_samples) >= AUTO_MIN_POINT_STEPS
 
 
 def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitConfig,
@@ -51,11 +51,11 @@ def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
     try:
         # Inductor's C++ toolchain probe logs that a CPU-only machine has no CUDA runtime: noise, not a problem.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        with torch.random.fork_rng(devices=[signal.coords.device] if signal.coords.device.type == "cuda" else []):
-            loss = signal.loss(field.compiled(signal.coords[:batch]), signal.targets[:batch])
-            loss.sum().backward()
+        with torch.random.fork_rng(devices=[signal.device] if signal.device.type == "cuda" else []):
+            coords, targets = signal.batch(torch.arange(batch, device=signal.device))
+            signal.loss(field.compiled(coords), targets).sum().backward()
             with torch.no_grad():
-                field.compiled(signal.coords[:chunk])
+                field.compiled(signal.coords_at(torch.arange(chunk, device=signal.device)))
     except Exception as error:  # noqa: BLE001 - any backend failure means: run eager
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         print(f"warning: torch.compile failed ({first_line[:200]}); training the eager field", file=sys.stderr)

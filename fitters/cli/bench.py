@@ -14,7 +14,7 @@ with exit_on_interrupt("nf-bench"):  # torch and the rest import for seconds: Ct
     import tyro
 
     from fitters.bench import BenchConfig, bench, markdown
-    from fitters.config import load_preset
+    from fitters.config import load_preset, record_flags
 
 
 def parse_bench(argv: Sequence[str]) -> BenchConfig:
@@ -22,7 +22,7 @@ def parse_bench(argv: Sequence[str]) -> BenchConfig:
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(list(argv))
     default = load_preset(known.config, BenchConfig) if known.config else BenchConfig()
-    return tyro.cli(BenchConfig, args=list(argv), default=default, prog="nf-bench")
+    return record_flags(tyro.cli(BenchConfig, args=list(argv), default=default, prog="nf-bench"), argv)
 
 
 def race(argv: list[str]) -> int:

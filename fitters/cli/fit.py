@@ -31,7 +31,16 @@ with exit_on_interrupt("nf-fit"):
     from fitters.build import build_loop, check_fits, loop_options
     from fitters.dataset import fit_dataset, is_dataset_path
     from fitters.distributed import kilo_engine
-    from fitters.config import FitConfig, apply_threads, load_preset, resolve, resolve_device, to_dict, with_log_interval
+    from fitters.config import (
+        FitConfig,
+        apply_threads,
+        fit_to_signal,
+        load_preset,
+        record_flags,
+        resolve,
+        resolve_device,
+        to_dict,
+    )
     from fitters.loop import FitOutcome, LogCallback
     from fitters.run_dir import CONFIG, RunDir, file_sha256, to_plain
     from fitters.signals import Signal, load_signal
@@ -55,7 +64,7 @@ def parse_config(argv: Sequence[str]) -> FitConfig:
         default = dataclasses.replace(default, resume=False, overwrite=False, config=None, viewer=False)
     elif known.config is not None:
         default = load_preset(known.config)
-    return tyro.cli(FitConfig, args=list(argv), default=default, prog="nf-fit")
+    return record_flags(tyro.cli(FitConfig, args=list(argv), default=default, prog="nf-fit"), argv)
 
 
 def viewer_callback(config: FitConfig, signal: Signal) -> tuple[Any, LogCallback]:
@@ -118,7 +127,7 @@ def fit_claimed(config: FitConfig, run_dir: RunDir, device: torch.device, progre
     run_dir.identity = run_identity(config)
     if checkpoint is not None:
         run_dir.check_resume(checkpoint)
-    config = with_log_interval(config, signal.num_samples)
+    config = fit_to_signal(config, signal)
     check_fits(config, signal)
     loop_extra = {
         "optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "sampler": config.sampler,

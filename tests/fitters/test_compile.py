@@ -35,6 +35,7 @@ def config(**settings) -> FitConfig:
         ({"optim": "lbfgs", "steps": 10}, False),  # auto, tiny run: compiling would cost more than it saves
         ({"optim": "lbfgs", "steps": 1000}, True),  # 1000 full-batch steps of 256² = 6.6e7 point evaluations
         ({"optim": "adam", "steps": 10, "time_budget": 60.0}, True),
+        ({"optim": "lbfgs", "time_budget": 45.0}, False),  # a short budget, whatever the (unlimited) step count
         ({"optim": "esgd", "steps": 10**6}, True),  # curvature steps run eager by themselves
         ({"optim": "kfac", "steps": 10**6}, False),  # hooks the Linear modules
         ({"optim": "lbfgs", "steps": 10**6, "compile": "off"}, False),

@@ -454,9 +454,15 @@ def test_too_large_full_batch_advises_kilo_or_batch_size(tmp_path: Path, tiny_pn
                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     # Pretend a machine with 100 kB: room for the decoded 16x16 image (about 11 kB), not for training on it.
     monkeypatch.setattr(memory, "memory_available", lambda device: 100_000)
-    code, _, err = fit([tiny_png, "--optim", "lbfgs", "--steps", "2", "--out", tmp_path / "run"], capsys)
+    code, _, err = fit([tiny_png, "--optim", "lbfgs", "--batch-size", "0", "--steps", "2", "--out", tmp_path / "run"],
+                       capsys)  # fmt: skip
     assert code == 2
     assert_one_clean_line(err, "--kilo", "--batch-size")
+    # A full batch that was only the default: the guard picks mini-batches that fit, and says so.
+    code, _, _ = fit([tiny_png, "--optim", "lbfgs", "--steps", "2", "--out", tmp_path / "guarded"], capsys)
+    assert code == 0
+    config = yaml.safe_load((tmp_path / "guarded" / "config.yaml").read_text())
+    assert config["batch_size"] > 0 and config["provenance"]["batch_size"].startswith("memory guard")
     code, _, err = fit([tiny_png, "--kilo", "2x2", "--optim", "lbfgs", "--steps", "2", "--out", tmp_path / "run"], capsys)
     assert code == 2
     assert_one_clean_line(err, "smaller --kilo-group")
