@@ -37,8 +37,8 @@ class NDCSpace:
     """2 fx / W of the capture's cameras."""
     scale_y: float
     """2 fy / H of the capture's cameras."""
-    near: float = 1.0
-    """Depth of the near plane (NeRF's LLFF setting: 1, with the nearest content at 1 / bd_factor)."""
+    near: float
+    """Depth of the near plane (the LLFF dataparser's NDC_NEAR: 1, with the nearest content at 1 / bd_factor)."""
 
     def points(self, points: torch.Tensor) -> torch.Tensor:
         """World points [..., 3] (z < 0) mapped to NDC [..., 3]."""
@@ -76,8 +76,8 @@ class NDCSpace:
 
     def world_distance(self, world: RayBundle, ndc: RayBundle, distance: torch.Tensor) -> torch.Tensor:
         """Distances [..., 1] along the NDC rays `ndc` turned into distances from the world rays' origins along the
-        world rays `world` (unit directions), e.g. a rendered NDC depth into a metric depth; infinity (z' >= 1) is
-        clamped to the largest finite value."""
+        world rays `world` (unit directions), e.g. a rendered NDC depth into a metric depth; points at infinity
+        (z' >= 1) come out very far but finite."""
         z_ndc = ndc.origins[..., 2:] + distance * ndc.directions[..., 2:]
         z_world = 2.0 * self.near / (z_ndc - 1.0).clamp(max=-torch.finfo(z_ndc.dtype).eps)
         dz = world.directions[..., 2:].clamp(max=-MIN_FORWARD)

@@ -59,7 +59,7 @@ def test_points_along_a_world_ray_lie_on_its_ndc_ray() -> None:
 
 
 def test_rays_facing_away_stay_finite() -> None:
-    space = NDCSpace(scale_x=1.0, scale_y=1.0)
+    space = NDCSpace(scale_x=1.0, scale_y=1.0, near=1.0)
     directions = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.6, -0.8]])
     ndc = space.ray_bundle(world_rays(torch.zeros(3, 3), directions))
     assert all(torch.isfinite(value).all() for value in (ndc.origins, ndc.directions, ndc.fars))
