@@ -157,6 +157,11 @@ READERS: tuple[tuple[str, Callable[[Results, str], Results]], ...] = (
     ("lbfgs_vs_torch", shallow("meta", "rows")),
     ("esgd_variants", shallow("config", "results")),
     ("optimizer_cost", shallow("setup", "rows")),
+    ("roofline*", shallow("machine", "rows")),
+    ("bare_commands", shallow("machine", "runs", "targets")),
+    ("many_fields", shallow("machine", "runs")),
+    ("leaderboard*", shallow("machine", "sweep", "boards")),
+    ("gpu_suite", shallow("machine", "steps")),
 )
 
 
