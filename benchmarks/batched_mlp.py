@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from nf_precond.atomic import atomic_write_text
 from nf_precond.nn import BatchedMLP, CoordinateMLP, FieldConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -111,13 +111,6 @@ def run_case(case: Case, device: torch.device, budget_s: float) -> dict[str, obj
     }
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates 0600; results are meant to be read by anyone
-    os.replace(handle.name, path)
-
-
 def _markdown(results: dict[str, dict[str, object]]) -> str:
     lines = [
         "# BatchedMLP vs a Python loop over the same nets",
@@ -187,8 +180,8 @@ def main() -> None:
     json_path = RESULTS / "batched_mlp.json"
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     results[f"{device.type}, {run['threads']} threads"] = run
-    _write_atomically(json_path, json.dumps(results, indent=2) + "\n")
-    _write_atomically(RESULTS / "batched_mlp.md", _markdown(results))
+    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(RESULTS / "batched_mlp.md", _markdown(results))
     print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
 
 

@@ -44,6 +44,7 @@ from fitters.loop import FitLoop, FitOutcome, Preview
 from fitters.signals import load_signal
 from fitters.signals import SignalOptions
 from fitters.viewer import Viewer
+from nf_precond.atomic import atomic_write_text
 from nf_precond.nn import FieldConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -265,9 +266,7 @@ def write_results(results: dict) -> None:
     ]
     for name, text in (("viewer_overhead.json", json.dumps(results, indent=2) + "\n"),
                        ("viewer_overhead.md", "\n".join(lines))):
-        with tempfile.NamedTemporaryFile("w", dir=RESULTS, delete=False, suffix=".tmp") as handle:
-            handle.write(text)
-        os.replace(handle.name, RESULTS / name)
+        atomic_write_text(RESULTS / name, text)
     print("\n".join(lines))
 
 

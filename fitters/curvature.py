@@ -16,7 +16,6 @@ Bad input ends with one ``nf-curvature: error: ...`` line and exit status 2.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import tyro
 
 from fitters.config import resolve_device
 from fitters.memory import memory_free
+from fitters import run_dir
 from fitters.run_dir import to_plain
 from fitters.signals import SIGNAL_MODULES, Signal, SignalOptions, load_signal
 from nf_precond.atomic import atomic_path, atomic_write_text
@@ -386,16 +386,7 @@ def run(config: CurvatureConfig, argv: Sequence[str], *, progress: bool = True) 
 
 def json_text(report: dict[str, Any]) -> str:
     # Infinite condition numbers (an exactly zero eigenvalue) are written as null: JSON has no infinity.
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {key: finite(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [finite(item) for item in value]
-        return value
-
-    return json.dumps(finite(report), indent=1) + "\n"
+    return run_dir.json_text(report, indent=1) + "\n"
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -26,17 +26,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "crop.png"
-    iio.imwrite(path, data.astronaut()[100:148:3, 200:248:3])  # 16x16 RGB
-    return path
-
-
-@pytest.fixture(scope="module")
-def good_run(photo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def good_run(photo_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished two-step run (adam, lr 1e-3, 1x8 field) that every case below copies and must leave alone."""
     out = tmp_path_factory.mktemp("good") / "run"
-    assert main([str(photo), "--optim", "adam", "--lr", "1e-3", "--steps", "2", "--batch-size", "0", *TINY,
+    assert main([str(photo_path), "--optim", "adam", "--lr", "1e-3", "--steps", "2", "--batch-size", "0", *TINY,
                  "--out", str(out)]) == 0  # fmt: skip
     return out
 
@@ -115,11 +108,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_leaves_the_good_run_untouched(case: str, workspace: Path, photo: Path,
+def test_bad_input_leaves_the_good_run_untouched(case: str, workspace: Path, photo_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     make_args, needles = CASES[case]
     before = tree(workspace)
-    args = make_args(workspace, photo)
+    args = make_args(workspace, photo_path)
     if "--out" not in args:
         args += ["--out", workspace / "run"]
     code = main([str(arg) for arg in [args[0], *TINY, *args[1:]]])  # the case's flags win over TINY
@@ -128,20 +121,20 @@ def test_bad_input_leaves_the_good_run_untouched(case: str, workspace: Path, pho
     assert tree(workspace) == before
 
 
-def test_a_run_in_progress_locks_its_folder(workspace: Path, photo: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_run_in_progress_locks_its_folder(workspace: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The holder here is this process (another open file, so another lock); a running nf-fit is tested in
     test_fit.py."""
     with RunDir(workspace / "run").claim(overwrite=True, resume=False):
         before = tree(workspace)
-        code = main([str(photo), "--out", str(workspace / "run"), "--overwrite", *TINY])
+        code = main([str(photo_path), "--out", str(workspace / "run"), "--overwrite", *TINY])
         assert code == 2
         assert_one_clean_line(capsys.readouterr().err, f"in use by another run (pid {os.getpid()})", "choose another --out")
         assert tree(workspace) == before
 
 
-def test_resume_refuses_a_signal_whose_content_changed(tmp_path: Path, photo: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_refuses_a_signal_whose_content_changed(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
     signal = tmp_path / "signal.png"
-    shutil.copy(photo, signal)
+    shutil.copy(photo_path, signal)
     out = tmp_path / "run"
     assert main([str(signal), "--steps", "2", *TINY, "--out", str(out)]) == 0
     iio.imwrite(signal, data.astronaut()[0:48:3, 0:48:3])  # same path, same size, other pixels
@@ -153,7 +146,7 @@ def test_resume_refuses_a_signal_whose_content_changed(tmp_path: Path, photo: Pa
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes regardless of permissions")
 @pytest.mark.parametrize("what", ["config", "out"])
-def test_permissions(what: str, workspace: Path, photo: Path, capsys: pytest.CaptureFixture) -> None:
+def test_permissions(what: str, workspace: Path, photo_path: Path, capsys: pytest.CaptureFixture) -> None:
     locked = workspace / "locked"
     locked.mkdir()
     (workspace / "unreadable.yaml").write_text("steps: 2\n")
@@ -165,7 +158,7 @@ def test_permissions(what: str, workspace: Path, photo: Path, capsys: pytest.Cap
             args, needles = ["--out", workspace / "run", "--overwrite", "--config", workspace / "unreadable.yaml"], ["cannot read it"]
         else:
             args, needles = ["--out", locked / "run"], ["cannot write in", "permission denied"]
-        assert main([str(arg) for arg in [photo, *args, *TINY]]) == 2
+        assert main([str(arg) for arg in [photo_path, *args, *TINY]]) == 2
         assert_one_clean_line(capsys.readouterr().err, *needles)
         assert tree(workspace) == before
     finally:
@@ -189,11 +182,11 @@ def strict_json_line(line: str) -> dict:
         (["--config", "five.yaml"], ["steps: expected an integer", "(as for --steps), got 'five'"]),
     ],
 )
-def test_nf_bench_shares_the_checks(args: list[str], needles: list[str], workspace: Path, photo: Path,
+def test_nf_bench_shares_the_checks(args: list[str], needles: list[str], workspace: Path, photo_path: Path,
                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     before = tree(workspace)
     args = [str(workspace / arg) if arg.endswith(".yaml") else arg for arg in args]
-    code = bench_main([str(photo), "--optims", "adam", "--steps", "2", "--results-dir", str(workspace / "results"),
+    code = bench_main([str(photo_path), "--optims", "adam", "--steps", "2", "--results-dir", str(workspace / "results"),
                        *args, *TINY])  # fmt: skip
     assert code == 2
     assert_one_clean_line(capsys.readouterr().err, *needles)

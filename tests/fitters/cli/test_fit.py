@@ -30,13 +30,6 @@ REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def photo_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "crop.png"
-    iio.imwrite(path, data.astronaut()[100:148:3, 200:248:3])  # 16x16 RGB
-    return path
-
-
 def fit(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
