@@ -443,6 +443,25 @@ def test_kilo_refuses_signals_without_a_grid(tmp_path: Path, capsys: pytest.Capt
     assert_one_clean_line(err, "--kilo tiles images and videos")
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        # Levenberg-Marquardt needs residuals of a mean squared error: occupancy trains with cross-entropy.
+        ([REPO / "tests" / "data" / "bone.ply", "--signal.num-points", "500"], ["fits mean-squared-error", "lbfgs"]),
+        # 256² RGB with a 4x64 field: a Jacobian of 196,608 x 12,867 entries per step.
+        (["RESIZED_PHOTO", "--signal.resize", "256", "256"], ["--signal.resize", "--hidden"]),
+    ],
+    ids=["cross-entropy-signal", "jacobian-too-large"],
+)
+def test_lm_refuses_what_it_cannot_fit(args: list, needles: list[str], photo_path: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    args = [photo_path if arg == "RESIZED_PHOTO" else arg for arg in args]
+    code, _, err = fit([*args, "--optim", "lm", "--steps", "2", "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_clean_line(err, "--optim lm", *needles)
+    assert not (tmp_path / "run").exists()
+
+
 def test_too_large_full_batch_advises_kilo_or_batch_size(tmp_path: Path, tiny_png: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     # Pretend a machine with 100 kB: room for the decoded 16x16 image (about 11 kB), not for training on it.
