@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from fitters.run_dir import RunDir
 from fitters.signals import Predict, Signal
-from nf_precond.optim import NonFiniteLossError, make_closure
+from nf_precond.nn import BatchedMLP
+from nf_precond.optim import NonFiniteLossError, evaluates_nets, make_closure
 from nf_precond.sampling import Sampler
 
 CHECKPOINT_INTERVAL_S = 30.0
@@ -238,16 +239,22 @@ class FitLoop:
         object while the data stay the same, so it reuses the previous step's loss and gradient (with a new closure
         every step it re-evaluated them: ~2 instead of ~1.1 closure evaluations per iteration)."""
         coords, targets = self.signal.batch(indices)
+        net_losses = None
+        # Tiles or fields (compiled or not): a line search may evaluate only some of the nets.
+        if isinstance(getattr(self.model, "field", self.model), BatchedMLP):
+            net_losses = lambda nets: self.signal.loss(self.model(coords[nets], nets=nets), targets[nets])  # noqa: E731
         closure = make_closure(
             self.optimizer,
             lambda: self.signal.loss(self.model(coords), targets),
             compute_residuals=lambda: self.signal.residuals(self.model(coords), targets),
+            compute_net_losses=net_losses,
         )
 
-        def counted_closure() -> torch.Tensor:
+        def counted_closure(*nets: torch.Tensor) -> torch.Tensor:
             self.closure_evals += 1
-            return closure()
+            return closure(*nets)
 
+        counted_closure.evaluates_nets = evaluates_nets(closure)  # type: ignore[attr-defined]
         return counted_closure
 
     # -- logging -----------------------------------------------------------------------------------------------

@@ -93,17 +93,25 @@ class BatchedMLP(nn.Module):
                 mine.copy_(theirs[ids.to(theirs.device)])
         return subset
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x[N, ..., in_features] -> [N, ..., out_features]`` (the middle dimensions are flattened to P)."""
-        if x.dim() < 2 or x.shape[0] != self.num_nets or x.shape[-1] != self.in_features:
+    def forward(self, x: torch.Tensor, nets: torch.Tensor | None = None) -> torch.Tensor:
+        """``x[N, ..., in_features] -> [N, ..., out_features]`` (the middle dimensions are flattened to P).
+
+        ``nets``: a long tensor of K net indices; then ``x`` is ``[K, ..., in_features]``, row k is evaluated by net
+        ``nets[k]`` alone, and only those nets' parameters receive gradients (what a batched line search needs for the
+        nets still searching).
+        """
+        count = self.num_nets if nets is None else len(nets)
+        if x.dim() < 2 or x.shape[0] != count or x.shape[-1] != self.in_features:
             raise ValueError(
-                f"BatchedMLP expects points shaped [{self.num_nets}, P, {self.in_features}] "
-                f"(one row of points per net), got {list(x.shape)}"
+                f"BatchedMLP expects points shaped [{count}, P, {self.in_features}] "
+                f"(one row of points per {'net' if nets is None else 'selected net'}), got {list(x.shape)}"
             )
-        hidden = x.reshape(self.num_nets, -1, self.in_features)
+        hidden = x.reshape(count, -1, self.in_features)
         if self.encoding is not None:
             hidden = self.encoding(hidden)
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if nets is not None:
+                weight, bias = weight.index_select(0, nets), bias.index_select(0, nets)
             hidden = torch.baddbmm(bias, hidden, weight)
             if index < self.config.layers:
                 hidden = self.activations[index](hidden)

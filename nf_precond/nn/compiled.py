@@ -2,7 +2,8 @@
 
 Compiled graphs have no double backward, which curvature optimizers (ESGD, ESGD-max, AdaHessian) need on their
 curvature steps only (warm-up, then one step in ``update_every``). ``eager_when`` says when the next forward must
-build the eager graph; all other forwards, with or without gradients, run the compiled one. Both share the same
+build the eager graph; all other forwards, with or without gradients, run the compiled one (except a
+``BatchedMLP`` evaluated on a subset of its nets, whose shapes change from call to call). Both share the same
 parameters, and the state dict is the field's own, so checkpoints do not depend on whether a run was compiled.
 """
 
@@ -26,7 +27,8 @@ class CompiledField(nn.Module):
         self.__dict__["compiled"] = torch.compile(field, **compile_options)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled() and self.eager_when():
+        # A subset of a BatchedMLP's nets (a line-search trial) changes shape from call to call: eager, not recompiled.
+        if (torch.is_grad_enabled() and self.eager_when()) or kwargs.get("nets") is not None:
             return self.field(*args, **kwargs)
         return self.compiled(*args, **kwargs)
 

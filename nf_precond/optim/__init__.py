@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from nf_precond.optim._common import NonFiniteLossError
-from nf_precond.optim.closure import make_closure, needs_graph
+from nf_precond.optim.closure import evaluates_nets, make_closure, needs_graph
 
 
 BuildFrom = Literal["parameters", "model", "nets"]
@@ -140,6 +140,7 @@ __all__ = [
     "OptimizerName",
     "OptimizerSpec",
     "build_optimizer",
+    "evaluates_nets",
     "make_closure",
     "needs_graph",
     "optimizer_spec",

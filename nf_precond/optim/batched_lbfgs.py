@@ -45,6 +45,7 @@ from torch import Tensor
 
 from nf_precond.checks import require_positive
 from nf_precond.optim._common import NonFiniteLossError, check_finite_loss
+from nf_precond.optim.closure import evaluates_nets
 
 LINE_SEARCH_EVALS = 25
 """Most closure evaluations one line search may make (torch's strong-Wolfe search with max_ls = 24)."""
@@ -55,6 +56,9 @@ CURVATURE = 0.9
 CURVATURE_PAIR_EPS = 1e-10
 """A pair (s, y) enters the history only if yᵀs exceeds this, which keeps the inverse Hessian positive definite."""
 LINE_SEARCHES = ("strong_wolfe", None)
+SUBSET_SHARE = 0.5
+"""A line-search trial evaluates only the nets still searching (with a closure that can, see ``make_closure``) when
+they are fewer than this share of all nets; above it, gathering their parameters costs about what it saves."""
 
 # Per-net line-search phases.
 _BRACKETING, _ZOOMING, _DONE = 0, 1, 2
@@ -246,7 +250,7 @@ class _Point:
 
 
 def strong_wolfe_search(
-    evaluate: Callable[[Tensor], tuple[Tensor, Tensor]],
+    evaluate: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
     direction: Tensor,
     loss0: Tensor,
     grad0: Tensor,
@@ -257,8 +261,10 @@ def strong_wolfe_search(
 ) -> LineSearchResult:
     """A strong-Wolfe line search for every net at once (minFunc's bracketing + cubic zoom, as torch.optim.LBFGS).
 
-    ``evaluate(step)`` returns the losses ``[N]`` and gradients ``[N, P]`` at ``x0 + step[:, None] * direction``; it is
-    called once per trial for all nets, and a net that has finished is evaluated at step 0 (its result ignored).
+    ``evaluate(step, pending)`` returns the losses ``[N]`` and gradients ``[N, P]`` at ``x0 + step[:, None] *
+    direction``; it is called once per trial for all nets. ``pending`` ``[N]`` marks the nets whose result is used: a
+    net that has finished sits at step 0 and its row is ignored, so ``evaluate`` may skip it (fill its row with
+    anything).
     ``searching`` ``[N]`` marks the nets that search; the others keep step 0. A net's search ends when the strong
     Wolfe conditions hold, its bracket is narrower than ``tolerance_change``, or ``max_evals`` trials were made (then
     the best point seen is kept, the start included). A non-finite loss or slope counts as an infinite loss.
@@ -280,7 +286,7 @@ def strong_wolfe_search(
     t = torch.where(searching, initial_step.to(dtype), zero)
     evals = 0
     while True:
-        f, g = evaluate(t)
+        f, g = evaluate(t, phase != _DONE)
         evals += 1
         gtd = rowdot(g, direction)
         bad = ~(torch.isfinite(f) & torch.isfinite(gtd))
@@ -363,7 +369,9 @@ class BatchedLBFGS(torch.optim.Optimizer):
     (``make_closure`` back-propagates their sum, so each net gets its own gradient) and ``step`` returns the losses at
     the start of the step. Each net has its own curvature history (pairs with yᵀs ≤ ``CURVATURE_PAIR_EPS`` are
     skipped per net), its own step length from a vectorized line search (all nets share one closure call per trial),
-    and stops on its own convergence tests. Memory: ``2 * history_size + 4`` copies of the parameters, plus one
+    and stops on its own convergence tests. A closure that can evaluate a subset of the nets (``make_closure`` with
+    ``compute_net_losses``) has later line-search trials evaluate only the nets still searching, so an iteration costs
+    about one closure plus the few nets that search longer, not the slowest net's trial count for every net. Memory: ``2 * history_size + 4`` copies of the parameters, plus one
     gradient per trial while a line search runs (usually 1 or 2, at most ``LINE_SEARCH_EVALS``).
 
     ``closure_evals`` counts closure calls since construction (kept in the state dict); ``state_dict`` holds the full
@@ -500,18 +508,24 @@ class BatchedLBFGS(torch.optim.Optimizer):
 
     # -- evaluations ---------------------------------------------------------------------------------------------------
 
-    def _evaluate(self, closure: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+    def _evaluate(self, closure: Callable[..., Tensor], nets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Losses ``[N]`` and gradients ``[N, P]`` at the current parameters; with ``nets``, of those nets only (the
+        closure evaluates them alone; the other rows are 0)."""
         with torch.enable_grad():
-            loss = closure()
+            loss = closure() if nets is None else closure(nets)
         state = self._state()
         state["func_evals"] = state.get("func_evals", 0) + 1
-        if not isinstance(loss, Tensor) or loss.numel() != self.num_nets:
+        count = self.num_nets if nets is None else len(nets)
+        if not isinstance(loss, Tensor) or loss.numel() != count:
             got = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(
                 f"{type(self).__name__}: the closure returned {got}; it must return a tensor with one loss per net "
-                f"({self.num_nets})"
+                f"evaluated ({count})"
             )
-        return loss.detach().reshape(self.num_nets), self._flat_grad()
+        loss = loss.detach().reshape(count)
+        if nets is not None:
+            loss = loss.new_zeros(self.num_nets).index_copy_(0, nets, loss)
+        return loss, self._flat_grad()
 
     def _evaluate_at_start(self, closure: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
         """Evaluate at the current parameters and refuse a non-finite loss or gradient (one host sync)."""
@@ -537,6 +551,14 @@ class BatchedLBFGS(torch.optim.Optimizer):
             self._cache = None
             return
         self._cache = _StartCache(loss, grad, self._versions(), ref)
+
+    def _nets_to_evaluate(self, closure: Callable[..., Tensor], pending: Tensor) -> Tensor | None:
+        """The nets a line-search trial must evaluate, or None for all of them (every net, or a closure that
+        evaluates only all)."""
+        if not evaluates_nets(closure):
+            return None
+        nets = pending.nonzero()[:, 0]  # a host sync, beside the line search's own one per trial
+        return nets if len(nets) < SUBSET_SHARE * self.num_nets else None
 
     # -- curvature history -------------------------------------------------------------------------------------------
 
@@ -602,9 +624,9 @@ class BatchedLBFGS(torch.optim.Optimizer):
             origin = self._flat_params()
             if group["line_search"] == "strong_wolfe":
 
-                def evaluate(step_length: Tensor) -> tuple[Tensor, Tensor]:
+                def evaluate(step_length: Tensor, pending: Tensor) -> tuple[Tensor, Tensor]:
                     self._set_params(torch.addcmul(origin, step_length[:, None], direction))
-                    return self._evaluate(closure)
+                    return self._evaluate(closure, self._nets_to_evaluate(closure, pending))
 
                 result = strong_wolfe_search(
                     evaluate, direction, loss, grad, initial_step, searching, evals_left, group["tolerance_change"]

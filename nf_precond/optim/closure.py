@@ -19,11 +19,17 @@ def wants_residuals(optimizer: torch.optim.Optimizer) -> bool:
     return bool(getattr(optimizer, "wants_residuals", False))
 
 
+def evaluates_nets(closure: Callable[..., torch.Tensor]) -> bool:
+    """True when ``closure(nets)`` evaluates only the nets ``nets`` of a batched model (see ``make_closure``)."""
+    return bool(getattr(closure, "evaluates_nets", False))
+
+
 def make_closure(
     optimizer: torch.optim.Optimizer,
     compute_loss: Callable[[], torch.Tensor],
     compute_residuals: Callable[[], torch.Tensor] | None = None,
-) -> Callable[[], torch.Tensor]:
+    compute_net_losses: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[..., torch.Tensor]:
     """Wrap ``compute_loss`` into the closure ``optimizer.step`` expects.
 
     The closure zeroes the gradients, evaluates the loss, and back-propagates with ``create_graph`` exactly when the
@@ -35,6 +41,11 @@ def make_closure(
     the residual tensor (prediction - target, any shape, loss = mean(r²)), with its graph when called with grad
     enabled and no backward pass; the optimizer decides when it needs the graph. Such an optimizer fits
     mean-squared-error signals only, so ``compute_residuals`` is then required.
+
+    ``compute_net_losses(nets)``, for a batched model, returns the losses of the nets ``nets`` (a long tensor of net
+    indices) evaluated alone. The closure then also takes ``nets`` and back-propagates through those nets only (the
+    other nets' gradients are zero) and says so (``evaluates_nets``): a batched line search evaluates just the nets
+    still searching instead of every net at every trial.
     """
     if wants_residuals(optimizer):
         if compute_residuals is None:
@@ -49,10 +60,10 @@ def make_closure(
 
         return residual_closure
 
-    def closure() -> torch.Tensor:
+    def closure(nets: torch.Tensor | None = None) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            loss = compute_loss()
+            loss = compute_loss() if nets is None else compute_net_losses(nets)
             with warnings.catch_warnings():
                 # torch warns that create_graph=True ties each parameter to its .grad in a cycle; our curvature
                 # optimizers detach the gradients after their HVP and zero_grad(set_to_none) drops them.
@@ -60,4 +71,5 @@ def make_closure(
                 loss.sum().backward(create_graph=needs_graph(optimizer))
         return loss.detach()
 
+    closure.evaluates_nets = compute_net_losses is not None  # type: ignore[attr-defined]
     return closure

@@ -109,6 +109,25 @@ def test_each_net_has_coordinate_mlp_init_distribution(activation: str, init: st
         assert not torch.equal(weights[0], weights[1])
 
 
+def test_selected_nets_alone_match_all_nets_and_leave_the_others_without_gradient() -> None:
+    torch.manual_seed(0)
+    model = BatchedMLP(5, 2, 3, FieldConfig(hidden=8, layers=2), dtype=torch.float64)
+    points = torch.rand(5, 7, 2, dtype=torch.float64)
+    nets = torch.tensor([3, 0])
+    full = model(points)
+    full[nets].square().sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    subset = model(points[nets], nets=nets)
+    torch.testing.assert_close(subset, full[nets].detach())
+    subset.square().sum().backward()
+    for p, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, want)
+        assert p.grad[[1, 2, 4]].abs().max() == 0
+    with pytest.raises(ValueError, match=r"\[2, P, 2\] \(one row of points per selected net\)"):
+        model(points, nets=nets)
+
+
 def test_forward_flattens_middle_dimensions() -> None:
     batched = BatchedMLP(4, 3, 2, FieldConfig(hidden=8, layers=2, activation="gauss"))
     coords = torch.rand(4, 5, 6, 3)

@@ -108,6 +108,46 @@ def test_one_closure_call_per_trial_for_all_nets():
     assert optimizer.closure_evals == len(calls)
 
 
+def _rosenbrock_run(per_net: bool, steps: int = 40) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(losses per step, final x, nets evaluated over all closure calls, closure calls)."""
+    x = START.clone().requires_grad_(True)
+    optimizer = BatchedLBFGS([x], num_nets=len(SHIFTS), history_size=5)
+    evaluated = []
+
+    def all_losses() -> torch.Tensor:
+        evaluated.append(len(SHIFTS))
+        return _batched_rosenbrock(x)
+
+    def some_losses(nets: torch.Tensor) -> torch.Tensor:
+        evaluated.append(len(nets))
+        return torch.stack([_rosenbrock(x[n], SHIFTS[n]) for n in nets.tolist()])
+
+    closure = make_closure(optimizer, all_losses, compute_net_losses=some_losses if per_net else None)
+    losses = torch.stack([optimizer.step(closure) for _ in range(steps)])
+    return losses, x.detach(), sum(evaluated), optimizer.closure_evals
+
+
+def test_trials_evaluate_only_the_nets_still_searching():
+    """With per-net losses, a trial that only a few nets still need evaluates just those: the same path for every
+    net, fewer net evaluations, the same number of closure calls."""
+    losses, x, evaluated, calls = _rosenbrock_run(per_net=False)
+    subset_losses, subset_x, subset_evaluated, subset_calls = _rosenbrock_run(per_net=True)
+    torch.testing.assert_close(subset_losses, losses)
+    torch.testing.assert_close(subset_x, x)
+    assert subset_calls == calls
+    assert subset_evaluated < evaluated
+
+
+def test_a_per_net_closure_must_return_one_loss_per_net_evaluated():
+    x = START.clone().requires_grad_(True)
+    optimizer = BatchedLBFGS([x], num_nets=3)
+    closure = make_closure(optimizer, lambda: _batched_rosenbrock(x),
+                           compute_net_losses=lambda nets: _batched_rosenbrock(x)[:2])  # fmt: skip
+    with pytest.raises(ValueError, match=r"one loss per net evaluated \(1\)"):
+        for _ in range(40):  # until a trial has a single net left searching
+            optimizer.step(closure)
+
+
 def test_a_converged_net_stops_while_the_others_go_on():
     x = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.2, -1.0]], dtype=F64, requires_grad=True)  # net 0 sits at its minimum
     optimizer = BatchedLBFGS([x], num_nets=3)

@@ -138,9 +138,11 @@ def test_batched_line_search_matches_torch_strong_wolfe_per_net(initial_step, ma
     grad0 = torch.stack([g for _, g in start])
     direction = -grad0
 
-    def evaluate(step):
+    def evaluate(step, pending):
         values = [f(x + t * d) for f, x, t, d in zip(functions, x0, step, direction)]
-        return torch.stack([v for v, _ in values]), torch.stack([g for _, g in values])
+        losses, grads = torch.stack([v for v, _ in values]), torch.stack([g for _, g in values])
+        # A net that has finished may be skipped: whatever its row holds must not matter.
+        return losses.masked_fill(~pending, torch.nan), grads.masked_fill(~pending[:, None], torch.nan)
 
     steps = torch.full((len(functions),), initial_step, dtype=F64)
     searching = torch.ones(len(functions), dtype=torch.bool)
@@ -165,7 +167,8 @@ def test_line_search_leaves_non_searching_nets_at_the_start():
     x0 = torch.zeros(2, 4, dtype=F64)
     loss0, grad0 = (torch.stack(v) for v in zip(*(f(x) for x in x0)))
 
-    def evaluate(step):
+    def evaluate(step, pending):
+        assert not pending[1]  # the net that does not search is never asked for
         values = [f(x + t * -g) for x, t, g in zip(x0, step, grad0)]
         return torch.stack([v for v, _ in values]), torch.stack([g for _, g in values])
 
