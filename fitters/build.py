@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from fitters.compile import compile_field
+from fitters.compile import compile_field, wants_compile
 from fitters.config import FitConfig, int_options
 from fitters.kilo import KiloLoop, make_grid
 from fitters.loop import FitLoop, LoopOptions
@@ -70,8 +70,9 @@ def check_fits(config: FitConfig, signal: Signal) -> None:
             "--kilo trains every tile on all its points (paper 1: 10k points per tile); drop --batch-size and "
             "--sampler, or use fewer, larger tiles"
         )
-    if config.compile == "on":
-        raise ValueError("--compile on does not apply to --kilo fields yet; use --compile auto or off")
+    if config.compile == "on" and config.kilo_group is not None:
+        raise ValueError("--compile on applies to --kilo runs that train all tiles at once; drop --kilo-group or use "
+                         "--compile auto")  # fmt: skip
     if OPTIMIZERS[config.optim].batched is None:
         usable = ", ".join(name for name, spec in OPTIMIZERS.items() if spec.batched is not None)
         raise ValueError(f"--kilo works with --optim {usable}; got --optim {config.optim}")
@@ -104,8 +105,9 @@ def build_loop(config: FitConfig, signal: Signal, options: LoopOptions, **kwargs
     its optimizer and sampler (``kwargs``: run_dir, on_log, progress, summary_extra)."""
     if config.kilo is not None:
         grid = make_grid(signal, config.kilo)
+        compile = config.kilo_group is None and wants_compile(config, signal)
         return KiloLoop(signal, grid, config.field, options, optim=config.optim, lr=config.lr, seed=config.seed,
-                        group=config.kilo_group, **kwargs)  # fmt: skip
+                        group=config.kilo_group, compile=compile, **kwargs)  # fmt: skip
     model, optimizer, sampler = build_components(config, signal)
     if hasattr(model, "compile_s"):
         kwargs["summary_extra"] = {**(kwargs.get("summary_extra") or {}), "compile_s": round(model.compile_s, 3)}

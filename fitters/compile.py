@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -44,18 +45,29 @@ def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
     compiling or when compiling fails. The compiled field carries ``compile_s``."""
     if not wants_compile(config, signal):
         return model
-    field = CompiledField(model, eager_when=lambda: needs_graph(optimizer))
     batch = min(config.batch_size or signal.num_samples, signal.num_samples)
     chunk = min(config.eval_chunk, signal.num_samples)
+
+    def warm_up(field: torch.nn.Module) -> None:
+        coords, targets = signal.batch(torch.arange(batch, device=signal.device))
+        signal.loss(field(coords), targets).sum().backward()
+        with torch.no_grad():
+            field(signal.coords_at(torch.arange(chunk, device=signal.device)))
+
+    return compiled(model, optimizer, warm_up, signal.device)
+
+
+def compiled(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             warm_up: Callable[[torch.nn.Module], None], device: torch.device) -> torch.nn.Module:  # fmt: skip
+    """``model`` as a ``CompiledField``, compiled now by ``warm_up(compiled forward)`` (a training-shaped forward and
+    backward, an evaluation-shaped forward); ``model`` itself, with one warning line, when compiling fails."""
+    field = CompiledField(model, eager_when=lambda: needs_graph(optimizer))
     started = time.perf_counter()
     try:
         # Inductor's C++ toolchain probe logs that a CPU-only machine has no CUDA runtime: noise, not a problem.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        with torch.random.fork_rng(devices=[signal.device] if signal.device.type == "cuda" else []):
-            coords, targets = signal.batch(torch.arange(batch, device=signal.device))
-            signal.loss(field.compiled(coords), targets).sum().backward()
-            with torch.no_grad():
-                field.compiled(signal.coords_at(torch.arange(chunk, device=signal.device)))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            warm_up(field.compiled)
     except Exception as error:  # noqa: BLE001 - any backend failure means: run eager
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         print(f"warning: torch.compile failed ({first_line[:200]}); training the eager field", file=sys.stderr)

@@ -136,7 +136,8 @@ class FitConfig:
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the field: on; off; auto = on when the run is long enough to repay the compile time (at least
     2e7 point evaluations in training, or --time-budget >= 60 s). Curvature steps (ESGD, AdaHessian) run eager,
-    K-FAC never compiles; the compile time is reported as compile_s and is not training time."""
+    K-FAC never compiles; --kilo compiles when all tiles train at once (not with --kilo-group); the compile time is
+    reported as compile_s and is not training time."""
     seed: int = 0
     """Seed for initialization, mini-batch order and curvature probes."""
     out: Path | None = None

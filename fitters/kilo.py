@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from fitters import metrics
+from fitters.compile import compiled
 from fitters.config import resolve_device
 from fitters.distributed import LocalEngine, RayEngine
 from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions, run_summary
@@ -262,11 +263,28 @@ def group_ids(num_tiles: int, group: int | None, device: torch.device) -> list[t
     return list(ids.split(group or num_tiles))
 
 
+def compiled_tiles(model: BatchedMLP, optimizer: torch.optim.Optimizer, signal: KiloSignal,
+                   chunk: int) -> torch.nn.Module:  # fmt: skip
+    """``model`` compiled (``fitters.compile.compiled``) on the shapes a Kilo run uses: every tile's points for
+    training, one evaluation chunk of ``tiled_predict``."""
+
+    def warm_up(field: torch.nn.Module) -> None:
+        signal.loss(field(signal.coords), signal.targets).sum().backward()
+        with torch.no_grad():
+            field(signal.coords[:, : max(1, chunk // signal.coords.shape[0])])
+
+    return compiled(model, optimizer, warm_up, signal.device)
+
+
 def group_fit_loop(signal: KiloSignal, model: BatchedMLP, optim: str, lr: float | None, options: LoopOptions,
-                   **kwargs: Any) -> FitLoop:  # fmt: skip
-    """The ``FitLoop`` of one group of tiles: the batched variant of ``optim`` over ``model``, full batch."""
+                   compile: bool = False, **kwargs: Any) -> FitLoop:  # fmt: skip
+    """The ``FitLoop`` of one group of tiles: the batched variant of ``optim`` over ``model``, full batch; the field
+    compiled first when ``compile`` (its ``compile_s`` goes into the summary)."""
     optimizer = build_optimizer(optim, model, batched=True, lr=lr)
-    return FitLoop(signal, model, optimizer, FullBatch(), options, predict=tiled_predict(model, options.eval_chunk),
+    field = compiled_tiles(model, optimizer, signal, options.eval_chunk) if compile else model
+    if hasattr(field, "compile_s"):
+        kwargs["summary_extra"] = {**(kwargs.get("summary_extra") or {}), "compile_s": round(field.compile_s, 3)}
+    return FitLoop(signal, field, optimizer, FullBatch(), options, predict=tiled_predict(field, options.eval_chunk),
                    **kwargs)  # fmt: skip
 
 
@@ -316,8 +334,11 @@ class KiloLoop:
         progress: bool = False,
         summary_extra: dict[str, Any] | None = None,
         engine: LocalEngine | RayEngine | None = None,
+        compile: bool = False,
     ):
-        """``engine`` runs the groups of a grouped run (default: in this process, one after the other)."""
+        """``engine`` runs the groups of a grouped run (default: in this process, one after the other); ``compile``
+        compiles the field of a run that trains all tiles at once (a grouped run stays eager: every group is a new
+        module, and recompiling each would cost more than it saves)."""
         if group is not None and group < 1:
             raise ValueError(f"--kilo-group must be >= 1 tiles, got {group}")
         self.base, self.grid, self.options, self.optim, self.lr = base, grid, options, optim, lr
@@ -337,7 +358,8 @@ class KiloLoop:
         self.initial = initial_field(field, grid.num_tiles, in_features, base.out_features, seed)
         self._single: FitLoop | None = None
         if len(self.groups) == 1:
-            self._single = self._group_loop(self.groups[0], run_dir=run_dir, on_log=on_log, progress=progress)
+            self._single = self._group_loop(self.groups[0], run_dir=run_dir, on_log=on_log, progress=progress,
+                                            compile=compile)  # fmt: skip
 
     def _group_loop(self, ids: torch.Tensor, **kwargs: Any) -> FitLoop:
         signal = KiloSignal(self.base, self.grid, ids)

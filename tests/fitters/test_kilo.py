@@ -122,6 +122,26 @@ def test_batched_lbfgs_over_tiles_matches_a_per_tile_loop() -> None:
         torch.testing.assert_close(got, flat, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_tiles_follow_the_eager_tiles(capsys: pytest.CaptureFixture) -> None:
+    """The compiled field (training closure and evaluation) is a twin of the eager one: same L-BFGS path to float
+    rounding, and line-search trials over a subset of the tiles still run (eagerly) beside it."""
+    base = ImageSignal(photo(12, 10))
+    grid = make_grid(base, "2x2")
+    field = FieldConfig(hidden=8, layers=2)
+    runs = {}
+    for compile in (False, True):
+        loop = KiloLoop(base, grid, field, LoopOptions(steps=6, log_every=2), optim="lbfgs", seed=3, compile=compile)
+        runs[compile] = (loop.run(), loop._single.model)
+    (eager, eager_model), (compiled, compiled_model) = runs[False], runs[True]
+    assert compiled_model.compile_s > 0 and "compiled the field in" in capsys.readouterr().out
+    assert compiled.step == eager.step
+    losses = [[record["loss"] for record in outcome.history if record["loss"] is not None] for outcome in (compiled, eager)]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+    for key, value in eager_model.state_dict().items():
+        torch.testing.assert_close(compiled_model.state_dict()[key], value, rtol=1e-3, atol=1e-5)
+
+
 def test_grouped_streaming_equals_all_at_once(tmp_path: Path) -> None:
     base = ImageSignal(photo(11, 9))  # 3x2 tiles of 4x5 with padding on both axes
     grid = make_grid(base, "3x2")

@@ -425,6 +425,7 @@ def test_grouped_runs_are_not_told_to_resume(tmp_path: Path, tiny_png: Path, cap
         (["--kilo", "2x2", "--batch-size", "32"], ["drop --batch-size"]),
         (["--kilo", "2x2", "--kilo-group", "0"], ["--kilo-group must be >= 1"]),
         (["--kilo-group", "4"], ["applies only to --kilo"]),
+        (["--kilo", "2x2", "--kilo-group", "2", "--compile", "on"], ["--compile on applies to --kilo runs", "--compile auto"]),
     ],
 )
 def test_bad_kilo_input_is_one_clear_line(tmp_path: Path, tiny_png: Path, args: list, needles: list,
