@@ -38,20 +38,19 @@ def memory_free(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-DECODE_COPIES = 3
-"""Float32-sized copies of the targets alive while a file is decoded: the decoder's float64 working array counts
-twice, the finished targets once."""
+UINT8_BYTES = 1
+"""Bytes per value of an 8-bit image or video kept as it is (the decoded array is the signal's storage)."""
+CONVERTED_BYTES = 1 + 4 + 8
+"""Bytes per value while an image is converted or resampled: the decoded 8-bit array, the float32 targets and
+scikit-image's float64 resampling output, all alive at once."""
 
 
-def signal_bytes(samples: int, in_features: int, out_features: int) -> int:
-    """Memory a decoded signal takes: float32 coordinates and targets, plus the decoder's working copy."""
-    return samples * FLOAT_BYTES * (in_features + DECODE_COPIES * out_features)
-
-
-def check_signal_fits(samples: int, in_features: int, out_features: int, what: str, fix: str) -> None:
+def check_signal_fits(samples: int, bytes_per_sample: int, what: str, fix: str) -> None:
     """Refuse, before decoding, a signal whose decoded form would exceed the machine's memory (decoding happens on the
-    CPU, whatever the device): ``what`` names the signal and its flags, ``fix`` the way out."""
-    needed = signal_bytes(samples, in_features, out_features)
+    CPU, whatever the device). ``bytes_per_sample`` counts what is held at the peak of decoding: targets as stored and
+    the decoder's working copies; coordinates are generated per batch, so they cost nothing here. ``what`` names the
+    signal and its flags, ``fix`` the way out."""
+    needed = samples * bytes_per_sample
     available = memory_available(torch.device("cpu"))
     if needed > available:
         raise SignalError(

@@ -16,7 +16,7 @@ from skimage.transform import resize as resize_image
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from fitters import metrics
-from fitters.memory import check_signal_fits
+from fitters.memory import CONVERTED_BYTES, check_signal_fits
 from nf_precond.atomic import atomic_path
 from fitters.signals import Predict, SignalError, SignalOptions
 from fitters.signals.base import GridSignal
@@ -162,9 +162,10 @@ def check_decoded_size(path: Path, shape: tuple[int, ...], resize: tuple[int, ..
     needs the file's own size, fitting the resized one."""
     height, width = shape[1:3] if len(shape) == 4 else shape[:2]
     if resize is not None and resize[0] * resize[1] > height * width:
-        check_signal_fits(resize[0] * resize[1], 2, 3, f"{path} at --signal.resize {resize[0]} {resize[1]}",
+        check_signal_fits(resize[0] * resize[1], 3 * CONVERTED_BYTES, f"{path} at --signal.resize {resize[0]} {resize[1]}",
                           "give a smaller --signal.resize")  # fmt: skip
     else:
-        check_signal_fits(height * width, 2, 3, f"{path} ({height}x{width} pixels)",
+        # Upper bound: the file may be 8-bit and kept as it is (UINT8_BYTES), known only after decoding.
+        check_signal_fits(height * width, 3 * CONVERTED_BYTES, f"{path} ({height}x{width} pixels)",
                           "downscale the file before fitting it (--signal.resize applies after decoding)")  # fmt: skip
 

@@ -31,6 +31,9 @@ NEAR_SURFACE_SIGMAS = (0.1, 0.01)
 """Gaussian offsets of the near-surface samples (paper 2), split evenly, in normalized units."""
 HELD_OUT_POINTS = 100_000
 """Uniform points, drawn apart from the training points, on which ``iou`` is measured (as in Occupancy Networks)."""
+POINT_BYTES = 3 * 8 + 3 * 8 + 3 * 4 + 1
+"""Bytes per point at the peak of sampling: the float64 points, their float64 offsets, the float32 coordinates kept
+and the 8-bit label."""
 AMBIGUOUS_WINDING = (0.2, 0.8)
 """A point whose |winding number| falls in this band is neither clearly inside (1) nor outside (0)."""
 MAX_AMBIGUOUS_SHARE = 0.01
@@ -219,7 +222,7 @@ def load(path: Path, options: SignalOptions, grid_resolution: int = 128) -> Occu
         raise SignalError(f"{path}: the file is empty (0 bytes); re-export or re-download it")
     if isinstance(options.num_points, int) and options.num_points > 0:
         what = f"{path} with --signal.num-points {options.num_points}"
-        check_signal_fits(options.num_points + HELD_OUT_POINTS, 3, 1, what, "give a smaller --signal.num-points")
+        check_signal_fits(options.num_points + HELD_OUT_POINTS, POINT_BYTES, what, "give a smaller --signal.num-points")
     try:
         mesh = trimesh.load(path, force="mesh", process=True)
     except Exception as error:  # trimesh's parsers raise anything from ValueError to struct.error on bad files

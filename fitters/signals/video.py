@@ -14,7 +14,7 @@ import torch
 from skimage.transform import resize as resize_image
 
 from fitters import metrics
-from fitters.memory import check_signal_fits
+from fitters.memory import UINT8_BYTES, check_signal_fits
 from fitters.signals.base import EVAL_BLOCK, GridSignal
 from fitters.signals.media import shrunk_size
 from nf_precond.atomic import atomic_path
@@ -170,7 +170,8 @@ def _check_memory(path: Path, meta: dict, options: SignalOptions) -> None:
     start, stop = options.frames if options.frames is not None else (0, declared)
     count = min(stop, declared) - start
     if math.isfinite(count) and count > 0:
-        check_signal_fits(count * height * width, 3, 3, f"{path} ({count} frames of {height}x{width})",
+        # Frames stay 8-bit throughout; the list of frames and its stacked copy coexist once.
+        check_signal_fits(count * height * width, 2 * 3 * UINT8_BYTES, f"{path} ({count} frames of {height}x{width})",
                           "fit fewer frames (--signal.frames START STOP) or smaller ones (--signal.resize H W)")  # fmt: skip
 
 
