@@ -40,10 +40,11 @@ DEFAULTS: dict[str, SignalDefaults] = {
     ),
     "audio": SignalDefaults(
         "paper 1 supp. Sec. 4.1 (configs/audio/paper1-*.yaml): 4x256, w0 3000 on the first two layers and 30 after, "
-        "Gaussian sigma 0.01, full batch",
+        "Gaussian sigma 0.01, full batch; Adam gets 4x128 (benchmarks/results/bare_commands.md: a 4x256 field takes "
+        "too few full-batch Adam steps in a short budget, and mini-batches or a higher lr do not learn at w0 3000)",
         {"field.activation": "sine", "field.hidden": 256, "field.layers": 4,
          "field.omega0": (3000.0, 3000.0, 30.0, 30.0), "field.sigma": 0.01, "batch_size": 0, "steps": 3000},
-        {"lbfgs": LBFGS_STEPS},
+        {"lbfgs": LBFGS_STEPS, "adam": {"field.hidden": 128}},
     ),
     "video": SignalDefaults(
         "paper 1 supp. Sec. 4.2 (4x64 sine, w0 30, frames downsampled to 160 wide); mini-batches of 16384 for the "
