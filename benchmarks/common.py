@@ -3,20 +3,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from fitters.machine import machine_facts
+from fitters.run_dir import json_text
 from nf_precond.atomic import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str, results_dir: Path = RESULTS) -> None:
-    """``<name>.json`` and ``<name>.md`` in ``results_dir``, each written atomically."""
+    """``<name>.json`` (strict JSON, as every run file: NaN and infinities become null) and ``<name>.md`` in
+    ``results_dir``, each written atomically."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results_dir / f"{name}.json", json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(results_dir / f"{name}.json", json_text(payload, indent=1) + "\n")
     atomic_write_text(results_dir / f"{name}.md", markdown)
 
 

@@ -23,15 +23,17 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import skimage.data
 
 from benchmarks.common import RESULTS, machine_facts, write_results
+from fitters.run_dir import json_text
 from fitters import metrics
 from fitters.bench import BenchConfig, RunSpec, analyse, fit_one, run_config
 from fitters.build import check_fits
-from fitters.config import fit_to_signal
+from fitters.config import apply_threads, fit_to_signal
 from fitters.signals import Signal, SignalOptions, load_signal
 from nf_precond.atomic import atomic_path
 from nf_precond.nn import FieldConfig
@@ -58,6 +60,8 @@ LR_GRIDS: dict[str, tuple[float | None, ...]] = {
 }
 """Learning rates swept per optimizer (None: the registry default, for methods that choose their own step)."""
 BASELINE = "adam"
+OURS = ("lbfgs", "esgd")
+"""This project's optimizers in the race; the verdict table names the best of the others beside the winner."""
 
 
 def photo(name: str, size: int) -> Signal:
@@ -77,11 +81,46 @@ def base_config(path: Path, regime: str, activation: str, budget: float, size: i
                        threads=1, signal=SignalOptions(resize=(size, size)))  # fmt: skip
 
 
-def race(signal: Signal, base: BenchConfig, runs: list[tuple[str, float | None]]) -> list[dict[str, Any]]:
+class FinishedRuns:
+    """Runs already finished by an interrupted leaderboard with the same settings, one JSON line each in
+    ``.leaderboard_runs.jsonl`` beside the results: a rerun takes them instead of racing them again (one run takes a
+    minute, the whole leaderboard hours). The file is removed once the results are written."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.path = results_dir / ".leaderboard_runs.jsonl"
+        self.runs: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.runs[entry["key"]] = entry["run"]
+
+    @staticmethod
+    def key(base: BenchConfig, label: str) -> str:
+        field = base.field
+        return json.dumps([base.path.name, field.activation, field.hidden, field.layers, base.batch_size,
+                           base.time_budget, list(base.signal.resize or ()), label])  # fmt: skip
+
+    def add(self, key: str, run: dict[str, Any]) -> None:
+        self.runs[key] = run
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(json_text({"key": key, "run": run}) + "\n")
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def race(signal: Signal, base: BenchConfig, runs: list[tuple[str, float | None]],
+         finished: FinishedRuns) -> list[dict[str, Any]]:  # fmt: skip
     """Each (optimizer, lr) on ``signal`` for the budget; a run that diverges is kept with its status."""
     results = []
     for name, lr in runs:
         label = name if lr is None else f"{name}@{lr:g}"
+        key = finished.key(base, label)
+        if key in finished.runs:
+            results.append(finished.runs[key])
+            continue
         config = fit_to_signal(run_config(base, RunSpec(label, name, lr)), signal)
         try:
             check_fits(config, signal)
@@ -89,7 +128,9 @@ def race(signal: Signal, base: BenchConfig, runs: list[tuple[str, float | None]]
             results.append({"label": label, "optim": name, "lr": lr, "status": "refused", "reason": str(error)})
             continue
         print(f"leaderboard: {base.path.name} {base.field.activation} {label}", file=sys.stderr, flush=True)
+        apply_threads(config)  # one thread per run, as nf-bench does: the machine's load stays below 2
         results.append({"label": label, **fit_one(config, signal, target=None)})
+        finished.add(key, results[-1])
     return results
 
 
@@ -106,7 +147,7 @@ def edge_lr(grid: tuple[float | None, ...], winner: float | None) -> float | Non
     return winner / 10**0.5 if winner == min(grid) else winner * 10**0.5
 
 
-def sweep(args: argparse.Namespace) -> dict[str, Any]:
+def sweep(args: argparse.Namespace, finished: FinishedRuns) -> dict[str, Any]:
     """Best lr per (regime, activation, optimizer) on the tuning photo.
 
     A winner at the end of its grid gets one more run half a decade beyond, so no optimizer is judged at an lr that
@@ -117,7 +158,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     for regime in args.regimes:
         for activation in args.activations:
             base = base_config(PHOTOS / TUNE_PHOTO, regime, activation, args.budget, args.size)
-            runs = race(signal, base, [(name, lr) for name in optimizers_for(regime) for lr in LR_GRIDS[name]])
+            runs = race(signal, base, [(name, lr) for name in optimizers_for(regime) for lr in LR_GRIDS[name]],
+                        finished)
             table = {}
             for name in optimizers_for(regime):
                 mine = [run for run in runs if run["optim"] == name]
@@ -128,7 +170,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                 winner = max(mine, key=final_psnr)
                 beyond = edge_lr(LR_GRIDS[name], winner["lr"])
                 if beyond is not None:
-                    mine += race(signal, base, [(name, beyond)])
+                    mine += race(signal, base, [(name, beyond)], finished)
                     winner = max(mine, key=final_psnr)
                 score = final_psnr(winner)
                 table[name] = {"lr": winner["lr"], "psnr": score if score > float("-inf") else None,
@@ -143,7 +185,7 @@ def speedup(run: dict[str, Any], baseline: dict[str, Any]) -> float | None:
     return baseline["time_s"] / reached if reached else None
 
 
-def race_all(args: argparse.Namespace, best: dict[str, Any]) -> dict[str, Any]:
+def race_all(args: argparse.Namespace, best: dict[str, Any], finished: FinishedRuns) -> dict[str, Any]:
     boards: dict[str, Any] = {}
     for regime in args.regimes:
         for activation in args.activations:
@@ -156,7 +198,7 @@ def race_all(args: argparse.Namespace, best: dict[str, Any]) -> dict[str, Any]:
             for name in args.photos:
                 signal = photo(name, args.size)
                 base = base_config(PHOTOS / name, regime, activation, args.budget, args.size)
-                runs = race(signal, base, runs_spec)
+                runs = race(signal, base, runs_spec, finished)
                 target = runs[0]["final"]["psnr"]
                 analyse(runs, "psnr", target)
                 equal_time = runs[0]["time_s"]
@@ -170,18 +212,29 @@ def race_all(args: argparse.Namespace, best: dict[str, Any]) -> dict[str, Any]:
 
 
 def verdict(photos: list[dict[str, Any]]) -> dict[str, Any]:
-    """The optimizer with the best mean PSNR at the baseline's time, and each optimizer's median speed-up."""
+    """The optimizer with the best mean PSNR at the baseline's time; each optimizer's median speed-up and median
+    iterations to the baseline's final PSNR as a share of the baseline's iterations (None: not reached on every
+    photo)."""
     names = [run["optim"] for run in photos[0]["runs"]]
-    mean_psnr: dict[str, float | None] = {}
+
+    def per_photo(name: str, value: Callable[[dict[str, Any], dict[str, Any]], float | None]) -> list[float | None]:
+        return [value(next(r for r in p["runs"] if r["optim"] == name), p["runs"][0]) for p in photos]
+
+    def iterations(run: dict[str, Any], baseline: dict[str, Any]) -> float | None:
+        reached = run.get("steps_to_target")
+        return reached / baseline["steps"] if reached is not None and baseline["steps"] else None
+
+    mean_psnr, speedups, iteration_shares = {}, {}, {}
     for name in names:
-        values = [next(r for r in p["runs"] if r["optim"] == name)["psnr_at_baseline_time"] for p in photos]
+        values = per_photo(name, lambda run, _: run.get("psnr_at_baseline_time"))
         mean_psnr[name] = statistics.fmean(values) if all(v is not None for v in values) else None
-    speedups = {}
-    for name in names:
-        values = [next(r for r in p["runs"] if r["optim"] == name)["speedup_vs_baseline"] for p in photos]
+        values = per_photo(name, lambda run, _: run.get("speedup_vs_baseline"))
         speedups[name] = statistics.median(values) if all(v is not None for v in values) else None
+        values = per_photo(name, iterations)
+        iteration_shares[name] = statistics.median(values) if all(v is not None for v in values) else None
     winner = max(names, key=lambda name: mean_psnr[name] if mean_psnr[name] is not None else float("-inf"))
-    return {"winner": winner, "mean_psnr_at_baseline_time": mean_psnr, "median_speedup": speedups}
+    return {"winner": winner, "mean_psnr_at_baseline_time": mean_psnr, "median_speedup": speedups,
+            "median_iterations_share": iteration_shares}  # fmt: skip
 
 
 def plot(key: str, photos: list[dict[str, Any]], results_dir: Path) -> None:
@@ -213,25 +266,39 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     facts = report["machine"]
+    verdicts = {key: verdict(board["photos"]) for key, board in report["boards"].items()}
     lines = [
         "# Optimizer leaderboard", "",
         f"Photos: tuning `{TUNE_PHOTO}`, race {', '.join(f'`{p}`' for p in report['photos'])} (scikit-image's "
         f"bundled photos, resized to {report['size']}²). Budget {report['budget_s']:.0f} s of training time per run, "
         f"one thread. Machine: {facts['cpu']}, torch {facts['torch']}; each board gives the 1-min load of its run.",
-        "Speed-up = best-tuned Adam's training time / the optimizer's time to Adam's final PSNR (median over photos; "
-        "– = not reached on every photo). PSNR at Adam's time: mean over photos.", "",
+        "Speed-up = best-tuned Adam's training time / the optimizer's time to Adam's final PSNR; iterations = its "
+        "iterations to Adam's final PSNR / Adam's iterations (medians over photos; – = not reached on every photo). "
+        "PSNR at Adam's time: mean over photos.", "",
+        "| regime / activation | use | its PSNR at Adam's time | Adam's (best lr) | its speed-up | best peer |",
+        "|---|---|---|---|---|---|",
     ]  # fmt: skip
+    for key, result in verdicts.items():
+        psnr, winner = result["mean_psnr_at_baseline_time"], result["winner"]
+        peers = [name for name in psnr if name not in OURS and name != BASELINE and psnr[name] is not None]
+        peer = max(peers, key=lambda name: psnr[name]) if peers else None
+        gain = result["median_speedup"][winner]
+        lines.append(f"| {key} | **{winner}** | {fmt(psnr[winner])} | {fmt(psnr[BASELINE])} "
+                     f"({fmt(report['sweep'][key][BASELINE]['lr'], 'g')}) | {fmt(gain) + 'x' if gain else '–'} | "
+                     + (f"{peer} ({fmt(psnr[peer])})" if peer else "–") + " |")  # fmt: skip
+    lines.append("")
     for key, board in report["boards"].items():
-        sweep_row = report["sweep"][key]
+        sweep_row, result = report["sweep"][key], verdicts[key]
         load = board["machine"]["load_average_1min"]
         busy = "" if board["machine"]["quiet"] else " (**busy machine: not evidence**)"
         lines += [f"## {key}", "", f"1-min load {load}{busy}.", "",
-                  "| optimizer | best lr | mean PSNR at Adam's time | median speed-up |", "|---|---|---|---|"]  # fmt: skip
-        for name, psnr in board["verdict"]["mean_psnr_at_baseline_time"].items():
-            lr = sweep_row[name]["lr"]
-            gain = board["verdict"]["median_speedup"][name]
-            lines.append(f"| {name} | {fmt(lr, 'g')} | {fmt(psnr)} | {fmt(gain) + 'x' if gain else '–'} |")
-        lines += ["", f"Verdict: **{board['verdict']['winner']}**", "", "Sweep on the tuning photo (final PSNR per lr):", ""]
+                  "| optimizer | best lr | mean PSNR at Adam's time | median speed-up | median iterations |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, psnr in result["mean_psnr_at_baseline_time"].items():
+            gain, share = result["median_speedup"][name], result["median_iterations_share"][name]
+            lines.append(f"| {name} | {fmt(sweep_row[name]['lr'], 'g')} | {fmt(psnr)} | "
+                         f"{fmt(gain) + 'x' if gain else '–'} | {fmt(share) + 'x' if share else '–'} |")  # fmt: skip
+        lines += ["", f"Verdict: **{result['winner']}**", "", "Sweep on the tuning photo (final PSNR per lr):", ""]
         for name, entry in sweep_row.items():
             tried = ", ".join(f"{label} {fmt(value)}" for label, value in entry["tried"].items())
             lines.append(f"- {name}: " + (f"refused ({entry['refused']})" if "refused" in entry else tried))
@@ -266,16 +333,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", nargs="+", default=list(RACE_PHOTOS))
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run that checks the pipeline")
+    parser.add_argument("--rewrite", action="store_true", help="only re-render leaderboard.md from leaderboard.json")
     args = parser.parse_args(argv)
+    if args.rewrite:
+        report = json.loads((args.results_dir / "leaderboard.json").read_text())
+        write_results("leaderboard", report, markdown(report), args.results_dir)
+        return 0
     if args.smoke:
         args.budget, args.size, args.activations, args.photos = 1.0, 32, ["sine"], args.photos[:1]
-    best = sweep(args)
-    boards = race_all(args, best)
+    finished = FinishedRuns(args.results_dir)
+    best = sweep(args, finished)
+    boards = race_all(args, best, finished)
     report = {"budget_s": args.budget, "size": args.size, "photos": args.photos, "machine": machine_facts(),
               "sweep": best, "boards": boards}  # fmt: skip
     name = "leaderboard_smoke" if args.smoke else "leaderboard"
     report = merged(args.results_dir / f"{name}.json", report)
     write_results(name, report, markdown(report), args.results_dir)
+    finished.clear()
     print(markdown(report))
     return 0
 

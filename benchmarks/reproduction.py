@@ -151,6 +151,7 @@ READERS: tuple[tuple[str, Callable[[Results, str], Results]], ...] = (
     ("kilo_image*", read_kilo_bench),
     ("kilo_video", read_kilo_bench),
     ("kilo_loop", shallow("machine", "rows")),
+    ("kilo_profile", shallow("machine", "rows")),
     ("kilo_memory*", shallow("machine", "rows")),
     ("batched_mlp", shallow()),
     ("viewer_overhead", shallow("setup", "summary")),

@@ -1,10 +1,11 @@
-"""The leaderboard's bookkeeping: sweep-grid extension and merging boards from separate runs."""
+"""The leaderboard's bookkeeping: sweep-grid extension, verdicts, merging boards from separate runs, resuming."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from benchmarks.leaderboard import edge_lr, final_psnr, merged
+from benchmarks.leaderboard import FinishedRuns, base_config, edge_lr, final_psnr, merged, verdict
 
 GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 
@@ -50,3 +51,38 @@ def test_merged_drops_boards_of_a_different_budget(tmp_path):
     path = tmp_path / "leaderboard.json"
     path.write_text(json.dumps(merged(path, report({"full/sine": "lbfgs"}, budget=30.0))))
     assert set(merged(path, report({"full/gauss": "adam"}))["boards"]) == {"full/gauss"}
+
+
+def photo_runs(adam_psnr, lbfgs_psnr, lbfgs_steps_to_target):
+    return {"runs": [
+        {"optim": "adam", "steps": 100, "steps_to_target": 100, "psnr_at_baseline_time": adam_psnr,
+         "speedup_vs_baseline": 1.0},
+        {"optim": "lbfgs", "steps": 40, "steps_to_target": lbfgs_steps_to_target, "psnr_at_baseline_time": lbfgs_psnr,
+         "speedup_vs_baseline": 3.0 if lbfgs_steps_to_target else None},
+    ]}
+
+
+def test_verdict_names_the_best_at_equal_time_and_reports_medians():
+    result = verdict([photo_runs(30.0, 34.0, 10), photo_runs(28.0, 33.0, 30), photo_runs(31.0, 36.0, 20)])
+    assert result["winner"] == "lbfgs"
+    assert result["mean_psnr_at_baseline_time"]["lbfgs"] == pytest.approx(34.333, abs=1e-3)
+    assert result["median_iterations_share"] == {"adam": 1.0, "lbfgs": 0.2}
+    assert result["median_speedup"]["lbfgs"] == 3.0
+
+
+def test_verdict_leaves_out_a_figure_not_reached_on_every_photo():
+    result = verdict([photo_runs(30.0, 29.0, None), photo_runs(28.0, 33.0, 30)])
+    assert result["median_speedup"]["lbfgs"] is None and result["median_iterations_share"]["lbfgs"] is None
+    assert result["winner"] == "lbfgs"  # still the best mean PSNR at Adam's time
+
+
+def test_finished_runs_survive_a_restart_and_go_once_written(tmp_path):
+    base = base_config(Path("camera.png"), "full", "sine", 60.0, 256)
+    finished = FinishedRuns(tmp_path)
+    key = finished.key(base, "adam@0.001")
+    assert key != finished.key(base_config(Path("camera.png"), "full", "gauss", 60.0, 256), "adam@0.001")
+    finished.add(key, {"label": "adam@0.001", "final": {"psnr": float("nan")}, "status": "diverged"})
+    again = FinishedRuns(tmp_path)
+    assert again.runs == {key: {"label": "adam@0.001", "final": {"psnr": None}, "status": "diverged"}}
+    again.clear()
+    assert FinishedRuns(tmp_path).runs == {}
