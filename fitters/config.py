@@ -114,7 +114,9 @@ class FitConfig:
     ROWSxCOLUMNS for images (e.g. 16x16), FRAMESxROWSxCOLUMNS for video (e.g. 4x8x8); full batch per tile;
     --optim lbfgs, adam or sgd. A count that does not divide the size pads the far end (see fitters/kilo.py)."""
     kilo_group: int | None = None
-    """--kilo: train this many tiles at a time, group after group (bounded memory for huge signals); None = all."""
+    """--kilo: train this many tiles at a time, group after group, sharing --time-budget by tile count (bounded memory
+    for huge signals; on a CPU, groups of ~16 4x64 tiles also train 2.6-3.6x faster than all at once, see
+    benchmarks/results/kilo_profile.md); None = all at once (the choice for a GPU, and the only one --resume takes)."""
     group: int | None = None
     """nf-fit DIR: signals of one shape fitted at once in one batched model, and the unit of work of --ray (bounds
     memory); None = 64, fewer where memory asks for it (fitters/dataset.py)."""

@@ -112,8 +112,11 @@ class Signal(abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        """Where the samples live (and the field should run)."""
-        return self.coords.device
+        """Where the samples live (and the field should run): those the signal stores (grid signals override this)."""
+        stored = self._coords if self._coords is not None else self._targets
+        if stored is None:
+            raise NotImplementedError(f"{type(self).__name__} stores no samples; it must say where they live (device)")
+        return stored.device
 
     def to(self, device: torch.device | str) -> "Signal":
         if self._coords is not None:

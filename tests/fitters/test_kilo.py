@@ -165,6 +165,15 @@ def test_grouped_streaming_equals_all_at_once(tmp_path: Path) -> None:
     assert {r.get("group") for r in records} == {0, 1, None}  # the last record scores the whole image
 
 
+def test_groups_share_the_time_budget_by_tiles() -> None:
+    base = ImageSignal(photo(12, 10))
+    options = LoopOptions(steps=5, time_budget=60.0, wall_budget=90.0)
+    loop = KiloLoop(base, make_grid(base, "2x2"), FieldConfig(hidden=4, layers=1), options, group=3)
+    shares = [loop.group_options(ids) for ids in loop.groups]  # 3 tiles, then 1
+    assert [(o.time_budget, o.wall_budget) for o in shares] == [(45.0, 67.5), (15.0, 22.5)]
+    assert all(o.steps == 5 for o in shares)
+
+
 def test_select_copies_the_chosen_nets() -> None:
     model = BatchedMLP(5, 2, 1, FieldConfig(hidden=4, layers=2))
     chosen = model.select(torch.tensor([3, 1]))
