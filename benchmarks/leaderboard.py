@@ -60,6 +60,8 @@ LR_GRIDS: dict[str, tuple[float | None, ...]] = {
 }
 """Learning rates swept per optimizer (None: the registry default, for methods that choose their own step)."""
 BASELINE = "adam"
+TIE_DB = 0.1
+"""Optimizers whose mean PSNR at Adam's time is within this of the winner's share the verdict (run-to-run noise)."""
 OURS = ("lbfgs", "esgd")
 """This project's optimizers in the race; the verdict table names the best of the others beside the winner."""
 
@@ -233,7 +235,9 @@ def verdict(photos: list[dict[str, Any]]) -> dict[str, Any]:
         values = per_photo(name, iterations)
         iteration_shares[name] = statistics.median(values) if all(v is not None for v in values) else None
     winner = max(names, key=lambda name: mean_psnr[name] if mean_psnr[name] is not None else float("-inf"))
-    return {"winner": winner, "mean_psnr_at_baseline_time": mean_psnr, "median_speedup": speedups,
+    tied = [name for name in names if name != winner and mean_psnr[name] is not None and mean_psnr[winner] is not None
+            and mean_psnr[winner] - mean_psnr[name] <= TIE_DB]  # fmt: skip
+    return {"winner": winner, "tied": tied, "mean_psnr_at_baseline_time": mean_psnr, "median_speedup": speedups,
             "median_iterations_share": iteration_shares}  # fmt: skip
 
 
@@ -283,7 +287,8 @@ def markdown(report: dict[str, Any]) -> str:
         peers = [name for name in psnr if name not in OURS and name != BASELINE and psnr[name] is not None]
         peer = max(peers, key=lambda name: psnr[name]) if peers else None
         gain = result["median_speedup"][winner]
-        lines.append(f"| {key} | **{winner}** | {fmt(psnr[winner])} | {fmt(psnr[BASELINE])} "
+        use = " = ".join(f"**{name}**" for name in [winner, *result["tied"]]) + (" (tie)" if result["tied"] else "")
+        lines.append(f"| {key} | {use} | {fmt(psnr[winner])} | {fmt(psnr[BASELINE])} "
                      f"({fmt(report['sweep'][key][BASELINE]['lr'], 'g')}) | {fmt(gain) + 'x' if gain else '–'} | "
                      + (f"{peer} ({fmt(psnr[peer])})" if peer else "–") + " |")  # fmt: skip
     lines.append("")
@@ -298,7 +303,8 @@ def markdown(report: dict[str, Any]) -> str:
             gain, share = result["median_speedup"][name], result["median_iterations_share"][name]
             lines.append(f"| {name} | {fmt(sweep_row[name]['lr'], 'g')} | {fmt(psnr)} | "
                          f"{fmt(gain) + 'x' if gain else '–'} | {fmt(share) + 'x' if share else '–'} |")  # fmt: skip
-        lines += ["", f"Verdict: **{result['winner']}**", "", "Sweep on the tuning photo (final PSNR per lr):", ""]
+        tie = f" (within {TIE_DB:g} dB: {', '.join(result['tied'])})" if result["tied"] else ""
+        lines += ["", f"Verdict: **{result['winner']}**{tie}", "", "Sweep on the tuning photo (final PSNR per lr):", ""]
         for name, entry in sweep_row.items():
             tried = ", ".join(f"{label} {fmt(value)}" for label, value in entry["tried"].items())
             lines.append(f"- {name}: " + (f"refused ({entry['refused']})" if "refused" in entry else tried))
@@ -337,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rewrite:
         report = json.loads((args.results_dir / "leaderboard.json").read_text())
+        for board in report["boards"].values():
+            board["verdict"] = verdict(board["photos"])
         write_results("leaderboard", report, markdown(report), args.results_dir)
         return 0
     if args.smoke:

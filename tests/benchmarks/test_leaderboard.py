@@ -64,7 +64,7 @@ def photo_runs(adam_psnr, lbfgs_psnr, lbfgs_steps_to_target):
 
 def test_verdict_names_the_best_at_equal_time_and_reports_medians():
     result = verdict([photo_runs(30.0, 34.0, 10), photo_runs(28.0, 33.0, 30), photo_runs(31.0, 36.0, 20)])
-    assert result["winner"] == "lbfgs"
+    assert result["winner"] == "lbfgs" and result["tied"] == []
     assert result["mean_psnr_at_baseline_time"]["lbfgs"] == pytest.approx(34.333, abs=1e-3)
     assert result["median_iterations_share"] == {"adam": 1.0, "lbfgs": 0.2}
     assert result["median_speedup"]["lbfgs"] == 3.0
@@ -86,3 +86,8 @@ def test_finished_runs_survive_a_restart_and_go_once_written(tmp_path):
     assert again.runs == {key: {"label": "adam@0.001", "final": {"psnr": None}, "status": "diverged"}}
     again.clear()
     assert FinishedRuns(tmp_path).runs == {}
+
+
+def test_verdict_names_optimizers_within_noise_of_the_winner():
+    result = verdict([photo_runs(31.0, 30.95, 20)])
+    assert result["winner"] == "adam" and result["tied"] == ["lbfgs"]
