@@ -42,14 +42,15 @@ LAYOUTS = (("32x32", 1024), ("16x16", 256), ("4x4", 16))
 HISTORY = 20
 
 
-def train_group(model: BatchedMLP, coords: torch.Tensor, targets: torch.Tensor, steps: int) -> tuple[float, int, float]:
+def train_group(signal: KiloSignal, model: BatchedMLP, coords: torch.Tensor, targets: torch.Tensor,
+                steps: int) -> tuple[float, int, float]:  # fmt: skip
     """``steps`` L-BFGS iterations of every net of ``model``: (seconds, closure calls, seconds of one closure)."""
     optimizer = BatchedLBFGS(model.parameters(), num_nets=model.num_nets, history_size=HISTORY)
     # As nf-fit --kilo builds it: later line-search trials evaluate only the tiles still searching.
     closure = make_closure(
         optimizer,
-        lambda: (model(coords) - targets).square().mean(dim=(1, 2)),
-        compute_net_losses=lambda nets: (model(coords[nets], nets=nets) - targets[nets]).square().mean(dim=(1, 2)),
+        lambda: signal.loss(model(coords), targets),
+        compute_net_losses=lambda nets: signal.loss(model(coords[nets], nets=nets), targets[nets]),
     )
 
     start = time.perf_counter()
@@ -72,7 +73,7 @@ def grouped(signal: KiloSignal, field: FieldConfig, group: int, steps: int) -> d
     outputs = []
     for ids in torch.arange(signal.grid.num_tiles).split(size):
         model = initial.select(ids)
-        group_s, group_evals, group_closure_s = train_group(model, signal.coords[ids], signal.targets[ids], steps)
+        group_s, group_evals, group_closure_s = train_group(signal, model, signal.coords[ids], signal.targets[ids], steps)
         seconds, evals, closure_s = seconds + group_s, evals + group_evals, closure_s + group_closure_s
         with torch.no_grad():
             outputs.append(model(signal.coords[ids]))

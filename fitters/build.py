@@ -109,6 +109,4 @@ def build_loop(config: FitConfig, signal: Signal, options: LoopOptions, **kwargs
         return KiloLoop(signal, grid, config.field, options, optim=config.optim, lr=config.lr, seed=config.seed,
                         group=config.kilo_group, compile=compile, **kwargs)  # fmt: skip
     model, optimizer, sampler = build_components(config, signal)
-    if hasattr(model, "compile_s"):
-        kwargs["summary_extra"] = {**(kwargs.get("summary_extra") or {}), "compile_s": round(model.compile_s, 3)}
     return FitLoop(signal, model, optimizer, sampler, options, **kwargs)

@@ -271,12 +271,11 @@ def group_ids(num_tiles: int, group: int | None, device: torch.device) -> list[t
 def compiled_tiles(model: BatchedMLP, optimizer: torch.optim.Optimizer, signal: KiloSignal,
                    chunk: int) -> torch.nn.Module:  # fmt: skip
     """``model`` compiled (``fitters.compile.compiled``) on the shapes a Kilo run uses: every tile's points for
-    training, one evaluation chunk of ``tiled_predict``."""
+    training, and the chunks ``tiled_predict`` evaluates them in."""
 
     def warm_up(field: torch.nn.Module) -> None:
         signal.loss(field(signal.coords), signal.targets).sum().backward()
-        with torch.no_grad():
-            field(signal.coords[:, : max(1, chunk // signal.coords.shape[0])])
+        tiled_predict(field, chunk)(signal.coords)
 
     return compiled(model, optimizer, warm_up, signal.device)
 
@@ -284,11 +283,9 @@ def compiled_tiles(model: BatchedMLP, optimizer: torch.optim.Optimizer, signal: 
 def group_fit_loop(signal: KiloSignal, model: BatchedMLP, optim: str, lr: float | None, options: LoopOptions,
                    compile: bool = False, **kwargs: Any) -> FitLoop:  # fmt: skip
     """The ``FitLoop`` of one group of tiles: the batched variant of ``optim`` over ``model``, full batch; the field
-    compiled first when ``compile`` (its ``compile_s`` goes into the summary)."""
+    compiled first when ``compile``."""
     optimizer = build_optimizer(optim, model, batched=True, lr=lr)
     field = compiled_tiles(model, optimizer, signal, options.eval_chunk) if compile else model
-    if hasattr(field, "compile_s"):
-        kwargs["summary_extra"] = {**(kwargs.get("summary_extra") or {}), "compile_s": round(field.compile_s, 3)}
     return FitLoop(signal, field, optimizer, FullBatch(), options, predict=tiled_predict(field, options.eval_chunk),
                    **kwargs)  # fmt: skip
 

@@ -451,7 +451,9 @@ class FitLoop:
 
     def summary(self, outcome: FitOutcome) -> dict[str, Any]:
         parameters = sum(p.numel() for p in self.model.parameters())
-        return run_summary(self.signal, outcome, parameters, self.device, self.summary_extra)
+        # A compiled field (fitters.compile) says how long compiling took: reported, never counted as training.
+        compiled = {"compile_s": round(self.model.compile_s, 3)} if hasattr(self.model, "compile_s") else {}
+        return run_summary(self.signal, outcome, parameters, self.device, {**self.summary_extra, **compiled})
 
 
 def run_summary(signal: Signal, outcome: FitOutcome, parameters: int, device: torch.device,

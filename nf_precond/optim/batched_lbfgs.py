@@ -371,7 +371,8 @@ class BatchedLBFGS(torch.optim.Optimizer):
     skipped per net), its own step length from a vectorized line search (all nets share one closure call per trial),
     and stops on its own convergence tests. A closure that can evaluate a subset of the nets (``make_closure`` with
     ``compute_net_losses``) has later line-search trials evaluate only the nets still searching, so an iteration costs
-    about one closure plus the few nets that search longer, not the slowest net's trial count for every net. Memory: ``2 * history_size + 4`` copies of the parameters, plus one
+    about one closure plus the few nets that search longer, not the slowest net's trial count for every net.
+    Memory: ``2 * history_size + 4`` copies of the parameters, plus one
     gradient per trial while a line search runs (usually 1 or 2, at most ``LINE_SEARCH_EVALS``).
 
     ``closure_evals`` counts closure calls since construction (kept in the state dict); ``state_dict`` holds the full
