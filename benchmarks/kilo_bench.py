@@ -59,19 +59,21 @@ def write(results_dir: Path, name: str, payload: dict[str, Any], markdown: str) 
 
 
 def fit_curve(signal: Any, tiles: str, field: FieldConfig, optim: str, lr: float, budget_s: float,
-              log_every: int) -> list[dict[str, Any]]:  # fmt: skip
+              log_every: int, compile: bool) -> list[dict[str, Any]]:  # fmt: skip
     options = LoopOptions(steps=10**6, log_every=log_every, time_budget=budget_s)
-    loop = KiloLoop(signal, make_grid(signal, tiles), field, options, optim=optim, lr=lr)
+    loop = KiloLoop(signal, make_grid(signal, tiles), field, options, optim=optim, lr=lr, compile=compile)
     return loop.run().history
 
 
-def race(signal: Any, tiles: str, hidden_layers: tuple[int, int], budget_s: float) -> dict[str, Any]:
-    """L-BFGS vs Adam (two lrs) on the same tiles, each for ``budget_s`` of training time."""
+def race(signal: Any, tiles: str, hidden_layers: tuple[int, int], budget_s: float, compile: bool) -> dict[str, Any]:
+    """L-BFGS vs Adam (two lrs) on the same tiles, each for ``budget_s`` of training time (compile time excluded,
+    as in ``nf-fit``)."""
     hidden, layers = hidden_layers
     runs = {"lbfgs": ("lbfgs", 1.0, 1), "adam@1e-4": ("adam", 1e-4, 10), "adam@1e-3": ("adam", 1e-3, 10)}
     curves = {}
     for name, (optim, lr, log_every) in runs.items():
-        curves[name] = fit_curve(signal, tiles, FieldConfig(hidden=hidden, layers=layers), optim, lr, budget_s, log_every)
+        field = FieldConfig(hidden=hidden, layers=layers)
+        curves[name] = fit_curve(signal, tiles, field, optim, lr, budget_s, log_every, compile)
     rows = {}
     lbfgs_end = curves["lbfgs"][-1]["time_s"]
     for name, curve in curves.items():
@@ -114,10 +116,10 @@ def race_markdown(title: str, setup: str, result: dict[str, Any], machine_info: 
 
 def part_image(args: argparse.Namespace) -> None:
     signal = (load_image(args.photo, SignalOptions()) if args.photo else astronaut(args.size)).to(args.device)
-    result = race(signal, args.tiles, (64, 4), args.budget_s)
+    result = race(signal, args.tiles, (64, 4), args.budget_s, args.compile == "on")
     setup = (f"KiloImage: {signal.name} {signal.height}x{signal.width} RGB, --kilo {args.tiles} "
              f"({make_grid(signal, args.tiles).points_per_tile} points per tile), 4x64 sine (ω0 30) per tile, full batch per tile, "
-             f"{args.budget_s:.0f} s training budget per run (evaluation excluded). Paper 1: 100x100-pixel tiles on "
+             f"{args.budget_s:.0f} s training budget per run (evaluation excluded), field compiled: {args.compile}. Paper 1: 100x100-pixel tiles on "
              "1800x900 to 4000x4000 photos, ~14x (Fig. 6) and 4-6x (supp. Fig. 9-13) time to a PSNR vs Adam. "
              "Scaled down to fit a shared 2-core CPU.")  # fmt: skip
     info = machine_facts()
@@ -127,11 +129,11 @@ def part_image(args: argparse.Namespace) -> None:
 def part_video(args: argparse.Namespace) -> None:
     signal = load_video(REPO / "tests" / "data" / "bikes.mp4", SignalOptions())
     tiles = "2x4x8"
-    result = race(signal, tiles, (64, 3), args.budget_s)
+    result = race(signal, tiles, (64, 3), args.budget_s, args.compile == "on")
     grid = make_grid(signal, tiles)
     setup = (f"KiloVideo: tests/data/bikes.mp4 ({signal.frame_shape[0]} frames of {signal.frame_shape[1]}x"
              f"{signal.frame_shape[2]}), --kilo {tiles} ({grid.points_per_tile} points per tile), 3x64 sine per tile, "
-             f"full batch, {args.budget_s:.0f} s per run. PSNR = mean per-frame PSNR. Paper 1 supp. 4.5: 100 frames of "
+             f"full batch, {args.budget_s:.0f} s per run, field compiled: {args.compile}. PSNR = mean per-frame PSNR. Paper 1 supp. 4.5: 100 frames of "
              "700x1200 in 8400 tiles of 10k points, ~4x vs Adam. Scaled down.")  # fmt: skip
     info = machine_facts()
     write(args.results_dir, "kilo_video", {"setup": setup, "machine": info, **result}, race_markdown("KiloVideo: L-BFGS vs Adam", setup, result, info))
@@ -254,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-groups", type=int, nargs="+", default=[4, 16, 64], help="tiles at once, one run each")
     parser.add_argument("--memory-name", default="kilo_memory", help="results file name for the memory part")
     parser.add_argument("--group", type=int, default=None)
+    parser.add_argument("--compile", choices=["on", "off"], default="on",
+                        help="image and video races: compile each run's field, as nf-fit --compile auto does for them")
     parser.add_argument("--device", default="cpu", help="image and loop parts: cpu or cuda")
     parser.add_argument("--loop-name", default="kilo_loop", help="results file name for the loop part")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)

@@ -59,6 +59,9 @@ LR_GRIDS: dict[str, tuple[float | None, ...]] = {
     "lm": (None,),
 }
 """Learning rates swept per optimizer (None: the registry default, for methods that choose their own step)."""
+EDGE_STEPS = 2
+"""Half-decade steps a sweep may take past its grid's end (a winner at 3.2e-5 on the mini-batch sine board showed
+that one step is not always enough)."""
 BASELINE = "adam"
 TIE_DB = 0.1
 """Optimizers whose mean PSNR at Adam's time is within this of the winner's share the verdict (run-to-run noise)."""
@@ -149,12 +152,22 @@ def edge_lr(grid: tuple[float | None, ...], winner: float | None) -> float | Non
     return winner / 10**0.5 if winner == min(grid) else winner * 10**0.5
 
 
-def sweep(args: argparse.Namespace, finished: FinishedRuns) -> dict[str, Any]:
-    """Best lr per (regime, activation, optimizer) on the tuning photo.
+def extend_past_edge(runs: list[dict[str, Any]], grid: tuple[float | None, ...],
+                     run_at: Callable[[float], dict[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
+    """``runs`` (one per lr of ``grid``) plus runs half a decade past the grid's end while the best run sits at the
+    end of what was tried, at most ``EDGE_STEPS`` of them: no optimizer is judged at an lr its grid merely cut off."""
+    tried = tuple(grid)
+    for _ in range(EDGE_STEPS):
+        beyond = edge_lr(tried, max(runs, key=final_psnr)["lr"])
+        if beyond is None:
+            break
+        runs = [*runs, run_at(beyond)]
+        tried += (beyond,)
+    return runs
 
-    A winner at the end of its grid gets one more run half a decade beyond, so no optimizer is judged at an lr that
-    its grid merely cut off.
-    """
+
+def sweep(args: argparse.Namespace, finished: FinishedRuns) -> dict[str, Any]:
+    """Best lr per (regime, activation, optimizer) on the tuning photo (grids extended by ``extend_past_edge``)."""
     signal = photo(TUNE_PHOTO, args.size)
     best: dict[str, Any] = {}
     for regime in args.regimes:
@@ -168,12 +181,9 @@ def sweep(args: argparse.Namespace, finished: FinishedRuns) -> dict[str, Any]:
                 if all(run["status"] == "refused" for run in mine):
                     table[name] = {"lr": None, "psnr": None, "refused": mine[0]["reason"], "tried": {}}
                     continue
-                mine = [run for run in mine if run["status"] != "refused"]
+                mine = extend_past_edge([run for run in mine if run["status"] != "refused"], LR_GRIDS[name],
+                                        lambda lr, name=name: race(signal, base, [(name, lr)], finished)[0])
                 winner = max(mine, key=final_psnr)
-                beyond = edge_lr(LR_GRIDS[name], winner["lr"])
-                if beyond is not None:
-                    mine += race(signal, base, [(name, beyond)], finished)
-                    winner = max(mine, key=final_psnr)
                 score = final_psnr(winner)
                 table[name] = {"lr": winner["lr"], "psnr": score if score > float("-inf") else None,
                                "tried": {run["label"]: run["final"].get("psnr") for run in mine}}  # fmt: skip

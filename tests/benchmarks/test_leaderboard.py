@@ -1,11 +1,14 @@
 """The leaderboard's bookkeeping: sweep-grid extension, verdicts, merging boards from separate runs, resuming."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from benchmarks.leaderboard import FinishedRuns, base_config, edge_lr, final_psnr, merged, verdict
+from benchmarks.leaderboard import (
+    EDGE_STEPS, FinishedRuns, base_config, edge_lr, extend_past_edge, final_psnr, merged, verdict,
+)
 
 GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 
@@ -21,6 +24,21 @@ def test_edge_lr_extends_only_past_a_winning_end(winner, expected):
 def test_edge_lr_leaves_single_lr_methods_alone():
     assert edge_lr((None,), None) is None
     assert edge_lr((1.0,), 1.0) is None
+
+
+def fake_run(best_lr):
+    """A sweep run whose final PSNR peaks at ``best_lr`` (falling 1 dB per half decade away from it)."""
+    return lambda lr: {"lr": lr, "status": "time_budget", "final": {"psnr": 30.0 - 2 * abs(math.log10(lr / best_lr))}}
+
+
+@pytest.mark.parametrize(("best_lr", "extra"), [(1e-3, []), (7e-5, [1e-4 / 10**0.5]), (1e-6, [1e-4 / 10**0.5, 1e-5])])
+def test_extend_past_edge_walks_until_the_winner_is_inside(best_lr, extra):
+    run_at = fake_run(best_lr)
+    calls = []
+    runs = extend_past_edge([run_at(lr) for lr in GRID], GRID, lambda lr: calls.append(lr) or run_at(lr))
+    assert calls == pytest.approx(extra)
+    assert len(calls) <= EDGE_STEPS  # a winner beyond the last step is still bounded
+    assert [run["lr"] for run in runs] == pytest.approx([*GRID, *extra])
 
 
 def test_final_psnr_ranks_diverged_runs_last():
