@@ -50,7 +50,7 @@ REGIMES: dict[str, dict[str, Any]] = {
 }
 LR_GRIDS: dict[str, tuple[float | None, ...]] = {
     "adam": (1e-4, 3e-4, 1e-3, 3e-3),
-    "muon": (3e-3, 1e-2, 3e-2, 1e-1),
+    "muon": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),  # the sine boards' Muon won at 9.5e-4, below the first grid's end
     "soap": (1e-4, 3e-4, 1e-3, 3e-3),
     "psgd": (1e-4, 3e-4, 1e-3, 3e-3),
     "esgd": (0.05, 0.15, 0.5),
@@ -65,6 +65,8 @@ that one step is not always enough)."""
 BASELINE = "adam"
 TIE_DB = 0.1
 """Optimizers whose mean PSNR at Adam's time is within this of the winner's share the verdict (run-to-run noise)."""
+STEADY_FROM_STEP = 100
+"""Step costs are compared from this step on, after ESGD's warm-up (50 steps that each estimate curvature)."""
 OURS = ("lbfgs", "esgd")
 """This project's optimizers in the race; the verdict table names the best of the others beside the winner."""
 
@@ -223,10 +225,18 @@ def race_all(args: argparse.Namespace, best: dict[str, Any], finished: FinishedR
     return boards
 
 
+def steady_step_s(run: dict[str, Any]) -> float | None:
+    """Seconds per step from the first logged step >= ``STEADY_FROM_STEP`` to the end (None: too few logged)."""
+    points = [point for point in run.get("curve", []) if point["step"] >= STEADY_FROM_STEP]
+    if len(points) < 2 or points[-1]["step"] == points[0]["step"]:
+        return None
+    return (points[-1]["time_s"] - points[0]["time_s"]) / (points[-1]["step"] - points[0]["step"])
+
+
 def verdict(photos: list[dict[str, Any]]) -> dict[str, Any]:
-    """The optimizer with the best mean PSNR at the baseline's time; each optimizer's median speed-up and median
+    """The optimizer with the best mean PSNR at the baseline's time; each optimizer's median speed-up, median
     iterations to the baseline's final PSNR as a share of the baseline's iterations (None: not reached on every
-    photo)."""
+    photo), and median step cost after warm-up (``steady_step_s``) relative to the baseline's."""
     names = [run["optim"] for run in photos[0]["runs"]]
 
     def per_photo(name: str, value: Callable[[dict[str, Any], dict[str, Any]], float | None]) -> list[float | None]:
@@ -236,7 +246,11 @@ def verdict(photos: list[dict[str, Any]]) -> dict[str, Any]:
         reached = run.get("steps_to_target")
         return reached / baseline["steps"] if reached is not None and baseline["steps"] else None
 
-    mean_psnr, speedups, iteration_shares = {}, {}, {}
+    def step_cost(run: dict[str, Any], baseline: dict[str, Any]) -> float | None:
+        mine, theirs = steady_step_s(run), steady_step_s(baseline)
+        return mine / theirs if mine is not None and theirs else None
+
+    mean_psnr, speedups, iteration_shares, step_costs = {}, {}, {}, {}
     for name in names:
         values = per_photo(name, lambda run, _: run.get("psnr_at_baseline_time"))
         mean_psnr[name] = statistics.fmean(values) if all(v is not None for v in values) else None
@@ -244,11 +258,13 @@ def verdict(photos: list[dict[str, Any]]) -> dict[str, Any]:
         speedups[name] = statistics.median(values) if all(v is not None for v in values) else None
         values = per_photo(name, iterations)
         iteration_shares[name] = statistics.median(values) if all(v is not None for v in values) else None
+        values = per_photo(name, step_cost)
+        step_costs[name] = statistics.median(values) if all(v is not None for v in values) else None
     winner = max(names, key=lambda name: mean_psnr[name] if mean_psnr[name] is not None else float("-inf"))
     tied = [name for name in names if name != winner and mean_psnr[name] is not None and mean_psnr[winner] is not None
             and mean_psnr[winner] - mean_psnr[name] <= TIE_DB]  # fmt: skip
     return {"winner": winner, "tied": tied, "mean_psnr_at_baseline_time": mean_psnr, "median_speedup": speedups,
-            "median_iterations_share": iteration_shares}  # fmt: skip
+            "median_iterations_share": iteration_shares, "median_step_cost": step_costs}  # fmt: skip
 
 
 def plot(key: str, photos: list[dict[str, Any]], results_dir: Path) -> None:
@@ -288,7 +304,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"one thread. Machine: {facts['cpu']}, torch {facts['torch']}; each board gives the 1-min load of its run.",
         "Speed-up = best-tuned Adam's training time / the optimizer's time to Adam's final PSNR; iterations = its "
         "iterations to Adam's final PSNR / Adam's iterations (medians over photos; – = not reached on every photo). "
-        "PSNR at Adam's time: mean over photos.", "",
+        "PSNR at Adam's time: mean over photos. Step cost = seconds per step from step "
+        f"{STEADY_FROM_STEP} to the end / Adam's (median over photos): ESGD's 50 warm-up steps all estimate "
+        "curvature, later ones one in 100.", "",
         "| regime / activation | use | its PSNR at Adam's time | Adam's (best lr) | its speed-up | best peer |",
         "|---|---|---|---|---|---|",
     ]  # fmt: skip
@@ -307,12 +325,14 @@ def markdown(report: dict[str, Any]) -> str:
         load = board["machine"]["load_average_1min"]
         busy = "" if board["machine"]["quiet"] else " (**busy machine: not evidence**)"
         lines += [f"## {key}", "", f"1-min load {load}{busy}.", "",
-                  "| optimizer | best lr | mean PSNR at Adam's time | median speed-up | median iterations |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+                  "| optimizer | best lr | mean PSNR at Adam's time | median speed-up | median iterations | "
+                  f"step cost from step {STEADY_FROM_STEP} |", "|---|---|---|---|---|---|"]  # fmt: skip
         for name, psnr in result["mean_psnr_at_baseline_time"].items():
             gain, share = result["median_speedup"][name], result["median_iterations_share"][name]
+            cost = result["median_step_cost"][name]
             lines.append(f"| {name} | {fmt(sweep_row[name]['lr'], 'g')} | {fmt(psnr)} | "
-                         f"{fmt(gain) + 'x' if gain else '–'} | {fmt(share) + 'x' if share else '–'} |")  # fmt: skip
+                         f"{fmt(gain) + 'x' if gain else '–'} | {fmt(share) + 'x' if share else '–'} | "
+                         f"{fmt(cost) + 'x' if cost else '–'} |")  # fmt: skip
         tie = f" (within {TIE_DB:g} dB: {', '.join(result['tied'])})" if result["tied"] else ""
         lines += ["", f"Verdict: **{result['winner']}**{tie}", "", "Sweep on the tuning photo (final PSNR per lr):", ""]
         for name, entry in sweep_row.items():

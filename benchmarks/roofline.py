@@ -14,7 +14,9 @@ steady state (after warm-up, median of repeats):
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products only), so "achieved" means
 matmul FLOPs per second of the whole step; the gap to the same-shape rate is the cost of everything else
-(activations, memory traffic, launches). Writes ``benchmarks/results/roofline[_DEVICE].md/.json``.
+(activations, memory traffic, launches). A ``torch.profiler`` pass over each closure says what that is: the share
+of the operators' self time in matrix products, and the largest other operators (in a compiled closure the fused
+elementwise kernels are one "compiled region"). Writes ``benchmarks/results/roofline[_DEVICE].md/.json``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,42 @@ def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
+"""Operators that are matrix products (their self time is the kernel's)."""
+
+
+def operator_group(name: str) -> str:
+    """A profiler event's name, with a compiled graph's generated kernels under one name (their own names are
+    content hashes) and its guards and autograd wrappers under another."""
+    if "CompiledFxGraph" in name:
+        return "compiled kernels (fused elementwise)"
+    if name.startswith(("CompiledFunction", "Torch-Compiled Region", "TorchDynamo Cache Lookup")):
+        return "compiled graph's dispatch (guards, autograd wrapper)"
+    return name
+
+
+def time_shares(fn: Callable[[], Any], device: torch.device, repeats: int) -> dict[str, Any]:
+    """Where a warmed-up ``fn`` spends its operators' self time: the matrix products' share and the three largest
+    other operators' shares."""
+    fn()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(repeats):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    times: dict[str, float] = {}
+    for event in profile.key_averages():
+        name = operator_group(event.key)
+        times[name] = times.get(name, 0.0) + getattr(event, attribute)
+    total = sum(times.values()) or 1.0
+    others = sorted(((name, t / total) for name, t in times.items() if name not in MATMUL_OPS), key=lambda x: -x[1])
+    return {"matmul_share": sum(t for name, t in times.items() if name in MATMUL_OPS) / total, "top_others": others[:3]}
 
 
 def flops(fn: Callable[[], Any]) -> int:
@@ -159,6 +197,7 @@ def measure_case(case: Case, device: torch.device, repeats: int) -> dict[str, An
     row["compiled_share_of_matmul_rate"] = row["compiled"]["gflops"] / row["matmuls"]["gflops"]
     row["eager_share_of_matmul_rate"] = row["eager"]["gflops"] / row["matmuls"]["gflops"]
     row["curvature_step_over_closure"] = row["curvature_step"]["s"] / row["eager"]["s"]
+    row["profile"] = {name: time_shares(fn, device, repeats) for name, fn in (("eager", eager), ("compiled", compiled))}
     return row
 
 
@@ -189,6 +228,18 @@ def markdown(report: dict[str, Any]) -> str:
             f"{100 * row['compiled']['gflops'] / report['peak_gflops']:.0f} % | "
             f"{row['curvature_step_over_closure']:.2f}x | {row['compile_s']:.1f} |"
         )
+    lines += ["", "Where a closure's time goes (torch.profiler, operators' self time): matrix products, then the "
+              "largest other operators.", "",
+              "| field | eager: matmuls | eager: largest others | compiled: matmuls | compiled: largest others |",
+              "|---|---|---|---|---|"]  # fmt: skip
+
+    def others(shares: dict[str, Any]) -> str:
+        return ", ".join(f"`{name}` {100 * share:.0f} %" for name, share in shares["top_others"])
+
+    for row in report["rows"]:
+        eager, compiled = row["profile"]["eager"], row["profile"]["compiled"]
+        lines.append(f"| {row['case']} | {100 * eager['matmul_share']:.0f} % | {others(eager)} | "
+                     f"{100 * compiled['matmul_share']:.0f} % | {others(compiled)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

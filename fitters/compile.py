@@ -1,30 +1,22 @@
-"""``--compile auto|on|off``: when the field runs through ``torch.compile``, and compiling it before the clock starts.
+"""``--compile auto|on|off``: when the field runs through ``torch.compile``, compiled before the clock starts.
 
-Compiling takes seconds (the first call traces and generates code), so it is done here, on one training-shaped
-batch and one evaluation-shaped chunk, before training starts: the time is reported as ``compile_s`` and kept out
-of the training time. ``auto`` compiles when the run is long enough to repay that (``AUTO_MIN_POINT_STEPS``) and
-the optimizer allows it (``OptimizerSpec.compiles``). A compile failure (no C compiler, an unsupported op) falls
-back to the eager field with one warning line.
+The field is compiled (``nf_precond.nn.compiled_field``) on one training-shaped batch and one evaluation-shaped
+chunk before training starts, so the compile time is ``compile_s``, not training time. ``auto`` compiles when the
+run is long enough to repay it (``AUTO_MIN_POINT_STEPS``) and the optimizer allows it (``OptimizerSpec.compiles``).
 """
 
 from __future__ import annotations
-
-import logging
-import sys
-import time
-from collections.abc import Callable
 
 import torch
 
 from fitters.config import FitConfig
 from fitters.signals import Signal
-from nf_precond.nn import CompiledField
+from nf_precond.nn import AUTO_MIN_POINT_STEPS, compiled_field
 from nf_precond.optim import OPTIMIZERS, needs_graph
 
-AUTO_MIN_POINT_STEPS = 2e7
-"""auto compiles runs that evaluate the field on at least this many points in training (steps x batch), or, under
---time-budget, that train for at least ``AUTO_MIN_BUDGET_S``: below that, compiling costs more than it saves."""
 AUTO_MIN_BUDGET_S = 60.0
+"""Under --time-budget, auto compiles runs that train at least this long (the budget bounds the run, whatever the
+step count); otherwise runs of at least ``AUTO_MIN_POINT_STEPS`` points x steps."""
 
 
 def wants_compile(config: FitConfig, signal: Signal) -> bool:
@@ -54,26 +46,5 @@ def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
         with torch.no_grad():
             field(signal.coords_at(torch.arange(chunk, device=signal.device)))
 
-    return compiled(model, optimizer, warm_up, signal.device)
+    return compiled_field(model, warm_up, signal.device, eager_when=lambda: needs_graph(optimizer))
 
-
-def compiled(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             warm_up: Callable[[torch.nn.Module], None], device: torch.device) -> torch.nn.Module:  # fmt: skip
-    """``model`` as a ``CompiledField``, compiled now by ``warm_up(compiled forward)`` (a training-shaped forward and
-    backward, an evaluation-shaped forward); ``model`` itself, with one warning line, when compiling fails."""
-    field = CompiledField(model, eager_when=lambda: needs_graph(optimizer))
-    started = time.perf_counter()
-    try:
-        # Inductor's C++ toolchain probe logs that a CPU-only machine has no CUDA runtime: noise, not a problem.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            warm_up(field.compiled)
-    except Exception as error:  # noqa: BLE001 - any backend failure means: run eager
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"warning: torch.compile failed ({first_line[:200]}); training the eager field", file=sys.stderr)
-        return model
-    finally:
-        model.zero_grad(set_to_none=True)
-    field.compile_s = time.perf_counter() - started
-    print(f"compiled the field in {field.compile_s:.1f} s (not counted as training time)")
-    return field

@@ -39,15 +39,14 @@ import torch
 from tqdm import tqdm
 
 from fitters import metrics
-from fitters.compile import compiled
 from fitters.config import resolve_device
 from fitters.distributed import LocalEngine, RayEngine
 from fitters.loop import FitLoop, FitOutcome, LogCallback, LoopOptions, run_summary
 from fitters.run_dir import RunDir
 from fitters.signals import Predict, Signal, SignalError
 from fitters.memory import check_tiles_fit
-from nf_precond.nn import BatchedMLP, FieldConfig
-from nf_precond.optim import build_optimizer
+from nf_precond.nn import BatchedMLP, FieldConfig, compiled_field
+from nf_precond.optim import build_optimizer, needs_graph
 from nf_precond.sampling import FullBatch
 
 AXIS_NAMES = {"image": ("rows", "columns"), "video": ("frames", "rows", "columns")}
@@ -270,14 +269,14 @@ def group_ids(num_tiles: int, group: int | None, device: torch.device) -> list[t
 
 def compiled_tiles(model: BatchedMLP, optimizer: torch.optim.Optimizer, signal: KiloSignal,
                    chunk: int) -> torch.nn.Module:  # fmt: skip
-    """``model`` compiled (``fitters.compile.compiled``) on the shapes a Kilo run uses: every tile's points for
+    """``model`` compiled (``nf_precond.nn.compiled_field``) on the shapes a Kilo run uses: every tile's points for
     training, and the chunks ``tiled_predict`` evaluates them in."""
 
     def warm_up(field: torch.nn.Module) -> None:
         signal.loss(field(signal.coords), signal.targets).sum().backward()
         tiled_predict(field, chunk)(signal.coords)
 
-    return compiled(model, optimizer, warm_up, signal.device)
+    return compiled_field(model, warm_up, signal.device, eager_when=lambda: needs_graph(optimizer))
 
 
 def group_fit_loop(signal: KiloSignal, model: BatchedMLP, optim: str, lr: float | None, options: LoopOptions,

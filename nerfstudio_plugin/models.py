@@ -15,6 +15,9 @@ Coarse and fine passes query ONE field (as mip-NeRF does), not NeRF's two networ
 precondition one parameter vector, so ESGD's Hessian-vector products, memory and step cost stay those of the
 paper's one 8x256 network, and the coarse loss trains the same weights the fine pass renders with.
 
+The field may run compiled (`compile_field`, asked for by the trainer's `--compile`): a `CompiledField` twin that
+shares the field's parameters and is kept outside the module tree, so checkpoints are the same either way.
+
 Metrics are PSNR and SSIM of the fine rendering; LPIPS only when AlexNet's weights are already in the torch hub
 cache, because torchmetrics' LPIPS downloads them otherwise (which crashes offline, and nothing may download at
 run time).
@@ -24,10 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Tuple, Type
+from typing import Callable, Dict, List, Literal, Tuple, Type
 
 import torch
 from torch.nn import Parameter
+from torch.nn import functional as F
 
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
@@ -40,7 +44,7 @@ from nerfstudio.utils import colormaps
 
 from nerfstudio_plugin.fields import NERF_FIELD, KiloRadianceField, RadianceField
 from nerfstudio_plugin.ndc import NDCSpace
-from nf_precond.nn import FieldConfig
+from nf_precond.nn import FieldConfig, compiled_field
 
 BOUNDS_MARGIN = (0.9, 1.25)
 """Near/far bounds from the data are z-depths; samples are placed by distance along unit ray directions, which is
@@ -125,6 +129,7 @@ class PreconditionedNeRFModel(Model):
         self.sampler_pdf = None
         if config.num_importance_samples > 0:
             self.sampler_pdf = PDFSampler(num_samples=config.num_importance_samples, train_stratified=config.stratified)
+        self.__dict__["compiled_twin"] = None  # set by compile_field; kept outside the module tree
         background = config.background_color
         if background == "auto":
             background = "black" if metadata.get("forward_facing") else "white"
@@ -147,6 +152,37 @@ class PreconditionedNeRFModel(Model):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"fields": list(self.field.parameters())}
 
+    def samples_per_pass(self) -> List[int]:
+        """Samples per ray the field sees in each rendering pass: the coarse pass, then the fine one, whose
+        `PDFSampler` merges its bin edges with the coarse ones (one sample more than the two counts together)."""
+        coarse = self.config.num_samples
+        return [coarse] if self.sampler_pdf is None else [coarse, coarse + self.config.num_importance_samples + 1]
+
+    def compile_field(self, train_rays: int, eager_when: Callable[[], bool]) -> None:
+        """Query a compiled twin of the field from now on, compiled now on the shapes it will see: each pass of a
+        training batch of `train_rays` rays (forward and backward) and of an evaluation chunk (forward). It runs
+        eager while `eager_when()` (curvature steps need double backward); a compile failure keeps the eager
+        field, with one warning line."""
+        device = next(self.field.parameters()).device
+
+        def inputs(rays: int, samples: int) -> Tuple[torch.Tensor, torch.Tensor]:
+            # The layout render_pass passes: positions [rays, samples, 3], one direction per ray expanded over its
+            # samples (compiled graphs are specialized on strides too).
+            positions = torch.rand(rays, samples, 3, device=device) * 2.0 - 1.0
+            directions = F.normalize(torch.randn(rays, 3, device=device), dim=-1)[:, None, :]
+            return positions, directions.expand(rays, samples, 3)
+
+        def warm_up(field: torch.nn.Module) -> None:
+            for samples in self.samples_per_pass():
+                outputs = field(*inputs(train_rays, samples))
+                (outputs.density.sum() + outputs.rgb.sum()).backward()
+            with torch.no_grad():
+                for samples in self.samples_per_pass():
+                    field(*inputs(self.config.eval_num_rays_per_chunk, samples))
+
+        twin = compiled_field(self.field, warm_up, device, eager_when=eager_when)
+        self.__dict__["compiled_twin"] = twin if twin is not self.field else None
+
     def render_pass(self, samples: RaySamples, view_directions: torch.Tensor) -> RenderPass:
         """Query the field at `samples` (viewed along the world directions [..., 3]) and volume render them."""
         positions = samples.frustums.get_positions()
@@ -154,7 +190,8 @@ class PreconditionedNeRFModel(Model):
             aabb = self.scene_box.aabb.to(positions.device)
             positions = SceneBox.get_normalized_positions(positions, aabb) * 2.0 - 1.0
         directions = view_directions[..., None, :].expand(positions.shape)
-        outputs = self.field(positions, directions)
+        field = self.field if self.compiled_twin is None else self.compiled_twin
+        outputs = field(positions, directions)
         weights = samples.get_weights(outputs.density)
         rgb = self.renderer_rgb(rgb=outputs.rgb, weights=weights)
         return RenderPass(samples, weights, rgb, self.renderer_accumulation(weights))

@@ -10,6 +10,9 @@ closure, no `create_graph`. Here one training step is:
 3. `optimizer.step(closure)` (L-BFGS calls it as often as its line search needs; first-order optimizers once), then
    the schedulers.
 
+`--compile auto|on|off` runs the field through torch.compile (`ClosureTrainerConfig.compile`), compiled in
+`setup` before the first step; curvature steps run the eager field.
+
 No grad scaler and no autocast: Hessian-vector products need full precision. Checkpoints (written atomically),
 resume, eval, the viewer, `ns-eval`, `ns-render` and `ns-viewer` are nerfstudio's own.
 
@@ -34,7 +37,8 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
 from nerfstudio_plugin.dataparsers import DatasetLayoutError
 from nf_precond.atomic import atomic_path
-from nf_precond.optim import make_closure
+from nf_precond.nn import AUTO_MIN_POINT_STEPS
+from nf_precond.optim import OPTIMIZERS, make_closure, needs_graph
 
 
 RUN_FOLDER_SCAFFOLD = frozenset({"config.yml", "dataparser_transforms.json"})
@@ -57,6 +61,12 @@ def preflight(config: TrainerConfig) -> None:
                     f"--viewer.{flag} {port} is not a TCP port; pass one in 1-65535 (or leave --viewer.websocket-port "
                     "unset to use a free one)"
                 )
+    optimizer_name = getattr(config.optimizers.get("fields", {}).get("optimizer"), "name", None)
+    if config.compile == "on" and optimizer_name in OPTIMIZERS and not OPTIMIZERS[optimizer_name].compiles:
+        raise PreflightError(
+            f"--compile on: the {optimizer_name} optimizer hooks or differentiates the field in ways compiled graphs "
+            "do not support; use --compile auto or off"
+        )
     datamanager = config.pipeline.datamanager
     parser_config = copy.deepcopy(datamanager.dataparser)
     if getattr(datamanager, "data", None) is not None:
@@ -92,6 +102,25 @@ class ClosureTrainerConfig(TrainerConfig):
     steps_per_batch: int = 1
     """Consecutive training steps that reuse one ray batch (and one closure). Above 1, L-BFGS's curvature pairs and
     its cached start point stay consistent within a batch instead of mixing gradients of different batches."""
+
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the field (curvature steps run it eager: they need double backward). auto: a coordinate-MLP
+    field (not the KiloNeRF grid, whose per-cell padding changes shape every batch), an optimizer that allows it, and
+    a run long enough to repay the compile time; on; off. Compiled in setup, before the first step; a compile failure
+    trains the eager field, with one warning line."""
+
+    def compiles_field(self) -> bool:
+        """Whether `compile` asks for a compiled field in this run."""
+        optimizer = self.optimizers.get("fields", {}).get("optimizer")
+        name = getattr(optimizer, "name", None)
+        if self.compile == "off" or (name in OPTIMIZERS and not OPTIMIZERS[name].compiles):
+            return False
+        if self.compile == "on":
+            return True
+        model = self.pipeline.model
+        samples = model.num_samples + model.num_importance_samples
+        points = self.max_num_iterations * self.pipeline.datamanager.train_num_rays_per_batch * samples
+        return model.grid == "mlp" and points >= AUTO_MIN_POINT_STEPS
 
     def save_config(self) -> None:
         """Run `preflight`, then write config.yml into a new run folder (ns-train calls this first of all); bad input
@@ -167,6 +196,10 @@ class ClosureTrainer(Trainer):
             if isinstance(error, DatasetLayoutError):
                 raise SystemExit(f"ns-train: error: {error}") from None
             raise
+        if self.config.compiles_field():
+            _, optimizer = single_optimizer(self.optimizers.optimizers)
+            self.pipeline._model.compile_field(self.config.pipeline.datamanager.train_num_rays_per_batch,
+                                               eager_when=lambda: needs_graph(optimizer))  # fmt: skip
 
     def _new_closure(self, step: int, optimizer: torch.optim.Optimizer) -> Callable[[], torch.Tensor]:
         """Fetch a ray batch and return the closure that evaluates the model on it."""

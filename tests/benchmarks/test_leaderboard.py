@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.leaderboard import (
-    EDGE_STEPS, FinishedRuns, base_config, edge_lr, extend_past_edge, final_psnr, merged, verdict,
+    EDGE_STEPS, FinishedRuns, base_config, edge_lr, extend_past_edge, final_psnr, merged, steady_step_s, verdict,
 )
 
 GRID = (1e-4, 3e-4, 1e-3, 3e-3)
@@ -92,6 +92,18 @@ def test_verdict_leaves_out_a_figure_not_reached_on_every_photo():
     result = verdict([photo_runs(30.0, 29.0, None), photo_runs(28.0, 33.0, 30)])
     assert result["median_speedup"]["lbfgs"] is None and result["median_iterations_share"]["lbfgs"] is None
     assert result["winner"] == "lbfgs"  # still the best mean PSNR at Adam's time
+
+
+def test_steady_step_cost_leaves_out_the_warm_up():
+    """Slow first 100 steps (a curvature warm-up), then 10 ms per step: the steady cost is 10 ms."""
+    curve = [{"step": 0, "time_s": 0.0}, {"step": 100, "time_s": 5.0}, {"step": 300, "time_s": 7.0},
+             {"step": 500, "time_s": 9.0}]  # fmt: skip
+    assert steady_step_s({"curve": curve}) == pytest.approx(0.01)
+    assert steady_step_s({"curve": curve[:2]}) is None
+    runs = photo_runs(30.0, 33.0, 10)
+    runs["runs"][0]["curve"] = curve
+    runs["runs"][1]["curve"] = [{**point, "time_s": 2 * point["time_s"]} for point in curve]
+    assert verdict([runs])["median_step_cost"] == {"adam": 1.0, "lbfgs": 2.0}
 
 
 def test_finished_runs_survive_a_restart_and_go_once_written(tmp_path):

@@ -141,13 +141,15 @@ def test_entry_points_register_every_method() -> None:
 def test_ns_train_on_cpu_without_device_flag_then_ns_eval_and_ns_render(llff_scene, tmp_path: Path) -> None:
     """`ns-train gauss-esgd --data <scene>` with no device flag trains on the CPU (hierarchical sampling in NDC);
     `ns-eval` reads the finished run and reports PSNR/SSIM (LPIPS only with cached weights: nothing downloads);
-    `ns-render dataset` renders the held-out views at their size."""
+    `ns-render dataset` renders the held-out views at their size. `--compile on`: the compiled field trains (ESGD's
+    first steps are curvature steps and run it eager) and the checkpoint reads back without it."""
     result = run_cli(str(BIN / "ns-train"), "gauss-esgd", "--data", str(llff_scene.root), "--output-dir",
-                     str(tmp_path), "--max-num-iterations", "2", "--vis", "tensorboard",
+                     str(tmp_path), "--max-num-iterations", "2", "--vis", "tensorboard", "--compile", "on",
                      "--pipeline.datamanager.train-num-rays-per-batch", "16", "--pipeline.model.num-samples", "8",
                      "--pipeline.model.num-importance-samples", "8",
                      "--pipeline.model.field.layers", "2", "--pipeline.model.field.hidden", "16")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "compiled the field in" in result.stdout
     (config_path,) = tmp_path.glob("*/gauss-esgd/*/config.yml")
     saved = config_path.read_text()
     assert "device_type: cpu" in saved and "num_importance_samples: 8" in saved and "ndc: true" in saved

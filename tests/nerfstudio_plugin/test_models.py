@@ -104,6 +104,17 @@ def test_importance_samples_gather_where_the_coarse_pass_found_the_surface() -> 
     assert (near_surface >= 50).all(), near_surface
 
 
+@pytest.mark.parametrize("importance_samples", [0, 12])
+def test_samples_per_pass_are_the_shapes_the_field_sees(importance_samples: int) -> None:
+    """compile_field warms the compiled field up on these shapes: they must be the ones rendering uses."""
+    nerf = model({"ndc": NDC, "forward_facing": True}, num_samples=8, num_importance_samples=importance_samples,
+                 field=dataclasses.replace(PreconditionedNeRFModelConfig().field, layers=2, hidden=8))  # fmt: skip
+    seen = []
+    nerf.field.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[-2]))
+    nerf(rays_from_origin(4))
+    assert seen == nerf.samples_per_pass() == ([8] if importance_samples == 0 else [8, 8 + 12 + 1])
+
+
 def test_hierarchical_loss_is_coarse_plus_fine_mse() -> None:
     torch.manual_seed(0)
     nerf = model({"ndc": NDC, "forward_facing": True}, num_samples=8, num_importance_samples=8,

@@ -15,7 +15,7 @@ pytest.importorskip("nerfstudio")
 
 from nerfstudio_plugin.methods import configure  # noqa: E402
 from nerfstudio_plugin.optimizers import RegistryOptimizerConfig  # noqa: E402
-from nerfstudio_plugin.trainer import ClosureTrainer  # noqa: E402
+from nerfstudio_plugin.trainer import ClosureTrainer, PreflightError, preflight  # noqa: E402
 from nf_precond.optim import make_closure  # noqa: E402
 
 pytestmark = pytest.mark.nerfstudio
@@ -27,11 +27,15 @@ OPTIMIZERS = {
 }
 
 
-def tiny_trainer(data: Path, output_dir: Path, optimizer_name: str, stratified: bool = False) -> ClosureTrainer:
-    """TinyNeRF-shaped model (2x16 Gaussian) on 32 rays x 8 samples; no scheduler, so the lr stays fixed."""
-    config = configure("tinynerf-lbfgs", data, output_dir, rays=32, samples=8, iterations=2)
+def tiny_trainer(data: Path, output_dir: Path, optimizer_name: str, stratified: bool = False,
+                 importance_samples: int = 0, compile: str = "auto") -> ClosureTrainer:  # fmt: skip
+    """TinyNeRF-shaped model (2x16 Gaussian) on 32 rays x 8 samples (+ `importance_samples` fine ones); no
+    scheduler, so the lr stays fixed."""
+    config = configure("tinynerf-lbfgs", data, output_dir, rays=32, samples=8, importance_samples=importance_samples,
+                       iterations=2)  # fmt: skip
     config.pipeline.model.field = dataclasses.replace(config.pipeline.model.field, layers=2, hidden=16)
     config.pipeline.model.stratified = stratified
+    config.compile = compile
     config.optimizers = {"fields": {"optimizer": OPTIMIZERS[optimizer_name](), "scheduler": None}}
     config.set_timestamp()
     trainer = config.setup()
@@ -118,3 +122,63 @@ def test_mixed_precision_is_refused(llff_scene, tmp_path: Path) -> None:
     config.mixed_precision = True
     with pytest.raises(ValueError, match="full precision"):
         config.setup()
+
+
+@pytest.mark.slow
+def test_compiled_field_trains_like_the_eager_one(llff_scene, tmp_path: Path) -> None:
+    """--compile on, ESGD with curvature steps 0 and 2: step 1 runs the compiled field (both passes), the curvature
+    steps the eager one, and every step matches an eager run's on the same batches and Rademacher draws; the
+    checkpoint keys are the eager model's."""
+    batches, runs = [], {}
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        trainer = tiny_trainer(llff_scene.root, tmp_path / mode, "esgd", importance_samples=8, compile=mode)
+        model = trainer.pipeline.model
+        calls = []
+        if mode == "on":
+            twin = model.compiled_twin
+            assert twin is not None and twin.compile_s > 0
+            compiled_forward = twin.compiled
+            twin.__dict__["compiled"] = lambda *args, **kwargs: calls.append(1) or compiled_forward(*args, **kwargs)
+        next_train = trainer.pipeline.datamanager.next_train
+
+        def replaying_next_train(step: int, mode=mode, next_train=next_train):
+            if mode == "off":  # record the eager run's batches (the data loader's draws are not seeded by torch)
+                batches.append((*copy.deepcopy(next_train(step)), torch.get_rng_state()))
+            ray_bundle, batch, rng_state = batches[step]
+            torch.set_rng_state(rng_state)
+            return copy.deepcopy(ray_bundle), copy.deepcopy(batch)
+
+        trainer.pipeline.datamanager.next_train = replaying_next_train
+        parameters, compiled_calls = [], []
+        for step in range(3):
+            trainer.train_iteration(step)
+            parameters.append([param.detach().clone() for param in model.parameters()])
+            compiled_calls.append(len(calls))
+        runs[mode] = (parameters, compiled_calls, list(trainer.pipeline.state_dict()))
+    assert runs["off"][2] == runs["on"][2]
+    assert runs["on"][1] == [0, 2, 2]  # only the non-curvature step ran the compiled graph, once per pass
+    for eager_step, compiled_step in zip(runs["off"][0], runs["on"][0]):
+        for eager, compiled in zip(eager_step, compiled_step):
+            torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "compile", "iterations", "expected"),
+    [("gauss-esgd", "auto", 20_000, True), ("gauss-esgd", "auto", 10, False), ("kilonerf-adam", "auto", 20_000, False),
+     ("kilonerf-adam", "on", 10, True), ("gauss-adam", "off", 20_000, False)],
+)  # fmt: skip
+def test_compile_auto_compiles_long_coordinate_mlp_runs(tmp_path: Path, method, compile, iterations, expected) -> None:
+    config = configure(method, tmp_path, tmp_path, iterations=iterations)
+    config.compile = compile
+    assert config.compiles_field() is expected
+
+
+def test_compile_on_with_an_optimizer_that_cannot_is_refused(tmp_path: Path) -> None:
+    config = configure("tinynerf-lbfgs", tmp_path, tmp_path)
+    config.optimizers = {"fields": {"optimizer": RegistryOptimizerConfig(name="lm"), "scheduler": None}}
+    config.compile = "on"
+    with pytest.raises(PreflightError, match="--compile on: the lm optimizer"):
+        preflight(config)
+    config.compile = "auto"
+    assert not config.compiles_field()
