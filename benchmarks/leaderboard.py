@@ -301,7 +301,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# Optimizer leaderboard", "",
         f"Photos: tuning `{TUNE_PHOTO}`, race {', '.join(f'`{p}`' for p in report['photos'])} (scikit-image's "
         f"bundled photos, resized to {report['size']}²). Budget {report['budget_s']:.0f} s of training time per run, "
-        f"one thread. Machine: {facts['cpu']}, torch {facts['torch']}; each board gives the 1-min load of its run.",
+        f"one thread, torch {facts['torch']}; each board gives the machine and 1-min load of its run (ratios are within a board).",
         "Speed-up = best-tuned Adam's training time / the optimizer's time to Adam's final PSNR; iterations = its "
         "iterations to Adam's final PSNR / Adam's iterations (medians over photos; – = not reached on every photo). "
         "PSNR at Adam's time: mean over photos. Step cost = seconds per step from step "
@@ -324,7 +324,7 @@ def markdown(report: dict[str, Any]) -> str:
         sweep_row, result = report["sweep"][key], verdicts[key]
         load = board["machine"]["load_average_1min"]
         busy = "" if board["machine"]["quiet"] else " (**busy machine: not evidence**)"
-        lines += [f"## {key}", "", f"1-min load {load}{busy}.", "",
+        lines += [f"## {key}", "", f"Machine: {board['machine']['cpu']}, 1-min load {load}{busy}.", "",
                   "| optimizer | best lr | mean PSNR at Adam's time | median speed-up | median iterations | "
                   f"step cost from step {STEADY_FROM_STEP} |", "|---|---|---|---|---|---|"]  # fmt: skip
         for name, psnr in result["mean_psnr_at_baseline_time"].items():

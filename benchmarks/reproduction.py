@@ -677,6 +677,9 @@ def render(results: dict[str, Results], results_link: str = "benchmarks/results"
         "logged curves; the headline is against the best-tuned Adam. `$SKIMAGE_DATA` in a command is the folder of "
         "the images bundled with scikit-image (the `skimage.data` package; see `benchmarks/README.md`).",
         "",
+        *(["**No GPU figures yet**: every measurement below is from a CPU. `python -m benchmarks.gpu_suite` on a CUDA "
+           "machine writes the project's GPU results (`gpu_suite.md` and `gpu_*.md`; see `benchmarks/README.md`).", ""]
+          if "gpu_suite" not in results else []),
         "| paper | claim | paper's figure | measured here | ratio | status | command | plot |",
         "|---|---|---|---|---|---|---|---|",
     ]

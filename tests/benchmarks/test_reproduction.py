@@ -153,6 +153,12 @@ def test_other_measurements_are_listed(tmp_path: Path) -> None:
     assert "[batched_mlp.md](benchmarks/results/batched_mlp.md)" in render(load_results(tmp_path))
 
 
+def test_says_there_are_no_gpu_figures_until_the_gpu_suite_wrote_some(tmp_path: Path) -> None:
+    assert "No GPU figures yet" in render(load_results(tmp_path))
+    (tmp_path / "gpu_suite.json").write_text(json.dumps({"machine": {"device": "cuda"}, "steps": []}))
+    assert "No GPU figures yet" not in render(load_results(tmp_path))
+
+
 @pytest.mark.parametrize(("time_saved", "psnr_change", "reproduced"), [(0.4, -0.5, True), (0.5, -3.0, False), (0.05, 0.0, False)])
 def test_int_rows_need_the_saving_and_the_quality(
     time_saved: float, psnr_change: float, reproduced: bool, tmp_path: Path
