@@ -50,7 +50,7 @@ class PreflightError(ValueError):
     """A setting ns-train cannot run with, found before the run folder is created; the message names the fix."""
 
 
-def preflight(config: TrainerConfig) -> None:
+def preflight(config: ClosureTrainerConfig) -> None:
     """Check what would otherwise fail after ns-train created the run folder: the viewer ports, and the dataset
     (parsed once with the configured dataparser: a `DatasetLayoutError` names the folder and the fix)."""
     if config.is_viewer_enabled() or config.is_viewer_legacy_enabled():
@@ -61,11 +61,10 @@ def preflight(config: TrainerConfig) -> None:
                     f"--viewer.{flag} {port} is not a TCP port; pass one in 1-65535 (or leave --viewer.websocket-port "
                     "unset to use a free one)"
                 )
-    optimizer_name = getattr(config.optimizers.get("fields", {}).get("optimizer"), "name", None)
-    if config.compile == "on" and optimizer_name in OPTIMIZERS and not OPTIMIZERS[optimizer_name].compiles:
+    if config.compile == "on" and not config.optimizer_compiles():
         raise PreflightError(
-            f"--compile on: the {optimizer_name} optimizer hooks or differentiates the field in ways compiled graphs "
-            "do not support; use --compile auto or off"
+            f"--compile on: the {config.optimizer_name()} optimizer hooks or differentiates the field in ways "
+            "compiled graphs do not support; use --compile auto or off"
         )
     datamanager = config.pipeline.datamanager
     parser_config = copy.deepcopy(datamanager.dataparser)
@@ -109,11 +108,18 @@ class ClosureTrainerConfig(TrainerConfig):
     a run long enough to repay the compile time; on; off. Compiled in setup, before the first step; a compile failure
     trains the eager field, with one warning line."""
 
+    def optimizer_name(self) -> str | None:
+        """The registered optimizer of the "fields" group (None: a stock nerfstudio optimizer config)."""
+        return getattr(self.optimizers.get("fields", {}).get("optimizer"), "name", None)
+
+    def optimizer_compiles(self) -> bool:
+        """Whether the optimizer can train a compiled field (`OptimizerSpec.compiles`; stock optimizers can)."""
+        name = self.optimizer_name()
+        return name not in OPTIMIZERS or OPTIMIZERS[name].compiles
+
     def compiles_field(self) -> bool:
         """Whether `compile` asks for a compiled field in this run."""
-        optimizer = self.optimizers.get("fields", {}).get("optimizer")
-        name = getattr(optimizer, "name", None)
-        if self.compile == "off" or (name in OPTIMIZERS and not OPTIMIZERS[name].compiles):
+        if self.compile == "off" or not self.optimizer_compiles():
             return False
         if self.compile == "on":
             return True
