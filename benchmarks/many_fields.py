@@ -8,7 +8,10 @@ color photos bundled with scikit-image (astronaut, coffee, rocket, chelsea, immu
 written as PNG files into a temporary folder. For every optimizer three modes fit them all, from the same initial
 weights (``--seed``) and with the same settings (the batched optimizer's, e.g. L-BFGS with 20 curvature pairs):
 
-- ``batched``: ``fitters.dataset.run_dataset`` in this process (groups of 64 fields in one ``BatchedMLP``);
+- ``batched``: ``fitters.dataset.run_dataset`` in this process, in ``nf-fit DIR``'s default groups (on a CPU, as
+  many fields as keep a layer's activations cache-sized: one 64x64 crop with a 64-wide field);
+- ``batched-G`` (``--compare-group G``, default 64): the same with ``--group G``, the many-fields-per-product
+  grouping a GPU wants, to show what it costs on this machine;
 - ``loop``: one ``CoordinateMLP`` per file fitted by ``FitLoop``, one after the other, in this process;
 - ``ray``: ``run_dataset`` with its groups as Ray tasks on a local runtime with one CPU per task, as many tasks as
   this process has torch threads (the runtime is started and its workers warmed up before the clock starts).
@@ -59,6 +62,7 @@ RESULTS = Path(__file__).parent / "results"
 PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "immunohistochemistry")
 """scikit-image's bundled color photos, in the order their crops are taken."""
 MODES = ("batched", "loop", "ray")
+"""The modes every run has; ``--compare-group`` adds ``batched-G``."""
 SMOKE = {"count": 6, "size": 16, "steps": 4, "hidden": 16, "layers": 2}
 """--smoke: a handful of tiny crops and steps, just enough to run every mode end to end."""
 
@@ -138,21 +142,28 @@ def timed(run: Callable[[], list[float]]) -> dict[str, Any]:
             "added_rss_gib": memory["added_gib"], "mean_psnr": statistics.fmean(psnrs), "psnrs": psnrs}  # fmt: skip
 
 
+def modes(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*MODES, f"batched-{args.compare_group}") if args.compare_group else MODES
+
+
 def race(optim: str, lr: float | None, files: list[Path], field: FieldConfig, args: argparse.Namespace,
          work: Path, ray_engine: RayEngine) -> dict[str, Any]:  # fmt: skip
-    """The three modes for one optimizer."""
+    """Every mode for one optimizer."""
     base = FitConfig(path=files[0].parent, optim=optim, lr=lr, steps=args.steps, field=field, seed=args.seed,
                      threads=args.threads)  # fmt: skip
     results: dict[str, Any] = {}
-    for mode in MODES:
+    for mode in modes(args):
         out = work / f"{optim}-{mode}"
         print(f"many_fields: {optim} {mode} ({len(files)} fields)", file=sys.stderr)
         if mode == "loop":
             results[mode] = timed(lambda: single_fits(base, files, out))
+            results[mode]["groups"] = len(files)
         else:
-            config = dataclasses.replace(base, out=out, ray="local" if mode == "ray" else None)
+            group = args.compare_group if mode.startswith("batched-") else None
+            config = dataclasses.replace(base, out=out, ray="local" if mode == "ray" else None, group=group)
             engine = ray_engine if mode == "ray" else LocalEngine()
             results[mode] = timed(lambda: [s["psnr"] for s in run_dataset(config, engine).summaries])
+            results[mode]["groups"] = len(json.loads((out / ".dataset" / "plan.json").read_text())["groups"])
     batched, loop, remote = (np.array(results[mode]["psnrs"]) for mode in MODES)
     return {
         "optim": optim, "lr": resolve_dataset(base).lr, "modes": results,
@@ -173,15 +184,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['threads']} torch threads (Ray: {report['ray_tasks']} one-CPU tasks); {facts['cpu']}, "
         f"load {facts['load_average_1min']}. Times are wall clock for the whole job (reading, fitting, writing).",
         "",
-        "| optim | mode | fields/s | wall s | mean PSNR | peak RSS GiB (this process) "
+        "| optim | mode | groups | fields/s | wall s | mean PSNR | peak RSS GiB (this process) "
         "| added RSS GiB (with Ray's processes) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
-        for mode in MODES:
-            row = run["modes"][mode]
-            lines.append(f"| {run['optim']} (lr {run['lr']:g}) | {mode} | {row['fields_per_s']:.3g} | "
-                         f"{row['wall_s']:.1f} | {row['mean_psnr']:.2f} | {row['peak_rss_gib']:.2f} | "
+        for mode, row in run["modes"].items():
+            lines.append(f"| {run['optim']} (lr {run['lr']:g}) | {mode} | {row['groups']} | "
+                         f"{row['fields_per_s']:.3g} | {row['wall_s']:.1f} | {row['mean_psnr']:.2f} | {row['peak_rss_gib']:.2f} | "
                          f"{row['added_rss_gib']:.2f} |")  # fmt: skip
     lines += ["", "| optim | batched / loop fields/s (target >= 5) | Ray cost vs batched (target <= 15 %) | "
               "max PSNR diff batched vs loop dB (target <= 0.1) | max PSNR diff Ray vs batched dB (target <= 1e-4) |",
@@ -211,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-group", type=int, default=64,
+                        help="also fit in groups of this many fields (mode batched-G); 0 skips it")  # fmt: skip
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads, and Ray tasks in parallel")  # fmt: skip
     parser.add_argument("--results-dir", type=Path, default=None,
@@ -255,8 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results_dir = args.results_dir or (Path(tempfile.mkdtemp(prefix="many_fields-results-")) if args.smoke else RESULTS)
     results_dir.mkdir(parents=True, exist_ok=True)
     for run in runs:  # the per-signal PSNRs stay in the JSON only
-        for mode in MODES:
-            run["modes"][mode]["psnrs"] = [round(value, 6) for value in run["modes"][mode]["psnrs"]]
+        for row in run["modes"].values():
+            row["psnrs"] = [round(value, 6) for value in row["psnrs"]]
     atomic_write_text(results_dir / "many_fields.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(results_dir / "many_fields.md", markdown(report))
     print(markdown(report))

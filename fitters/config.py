@@ -119,7 +119,8 @@ class FitConfig:
     benchmarks/results/kilo_profile.md); None = all at once (the choice for a GPU, and the only one --resume takes)."""
     group: int | None = None
     """nf-fit DIR: signals of one shape fitted at once in one batched model, and the unit of work of --ray (bounds
-    memory); None = 64, fewer where memory asks for it (fitters/dataset.py)."""
+    memory); None = 64, fewer where memory asks for it and, on a CPU, as many as keep a layer's activations
+    cache-sized (one 64x64 image with a 64-wide field; fitters/dataset.py)."""
     ray: RayAddress = None
     """Run groups (of signals for nf-fit DIR, of tiles for --kilo-group, nf-bench runs) as Ray tasks: --ray alone on
     this machine, --ray HOST:PORT on an existing cluster (needs the ray extra; see README, "Scale-out on Ray")."""

@@ -66,7 +66,7 @@ from fitters.config import FitConfig, apply_threads, resolve, resolve_device, to
 from fitters.distributed import LocalEngine, RayEngine, TaskLost, engine_for
 from fitters.kilo import tiled_predict
 from fitters.loop import FitLoop, FitOutcome, make_predict, run_summary
-from fitters.memory import memory_available, tiles_bytes
+from fitters.memory import FLOAT_BYTES, memory_available, tiles_bytes
 from fitters.run_dir import CONFIG, METRICS, SUMMARY, RunDir, to_plain
 from fitters.signals import SIGNAL_MODULES, Predict, Signal, load_signal
 from fitters.weights import WEIGHTS_NAME, save_field
@@ -79,10 +79,16 @@ GLOB_CHARACTERS = "*?["
 LOGS_PER_FIELD = 20
 """Default number of logged evaluations per group (``--log-every`` unset): each one evaluates every field."""
 DEFAULT_GROUP = 64
-"""Signals per group when ``--group`` is unset (fewer where memory asks for it). The same with or without ``--ray``:
-fields trained together round alike, so one grouping makes a Ray run reproduce a local one exactly."""
+"""Signals per group when ``--group`` is unset (fewer where memory or a CPU's cache asks for it). The same with or
+without ``--ray``: fields trained together round alike, so one grouping makes a Ray run reproduce a local one
+exactly."""
 MEMORY_SHARE = 0.5
 """The default ``--group`` keeps a group's estimated training memory under this share of the device's."""
+CPU_LAYER_BYTES = 2**20
+"""On a CPU, the default ``--group`` keeps one hidden layer's activations, over all the group's fields, within this
+many bytes (about one core's L2 cache): past it a batched layer waits on memory and loses to a loop over the fields
+(``benchmarks/results/kilo_profile.md``, ``many_fields.md``). A 64x64 image with a 64-wide field trains alone, a
+16x16 tile in a group of 16."""
 BOOKKEEPING = ".dataset"
 PLAN = "plan.json"
 SUMMARY_MD = "summary.md"
@@ -412,7 +418,7 @@ def load_all(files: Sequence[Path], config: FitConfig) -> list[tuple[tuple[Any, 
 
 def plan_dataset(config: FitConfig, files: Sequence[Path]) -> Plan:
     """Group the files by shape, in order of first appearance, in groups of ``--group`` (default: ``DEFAULT_GROUP``,
-    or as many as fit in ``MEMORY_SHARE`` of the device's memory)."""
+    or as many as fit in ``MEMORY_SHARE`` of the device's memory and, on a CPU, in ``CPU_LAYER_BYTES``)."""
     shapes = load_all(files, config)
     by_shape: dict[tuple[Any, ...], list[int]] = {}
     for index, (key, *_rest) in enumerate(shapes):
@@ -441,11 +447,19 @@ def plan_dataset(config: FitConfig, files: Sequence[Path]) -> Plan:
                     f"one field of {text} needs about {per_field / 2**30:.1f} GiB to train, more than half the "
                     f"{available / 2**30:.0f} GiB here; shrink the signals with --signal.resize or the field (--hidden)"
                 )
-            size = min(fits, len(members), DEFAULT_GROUP)
+            size = min(fits, len(members), DEFAULT_GROUP, cache_group(points, config, device))
         for start in range(0, len(members), size):
             groups.append(members[start : start + size])
             descriptions.append(text)
     return Plan([str(path) for path in files], field_names(files), groups, descriptions)
+
+
+def cache_group(points: int, config: FitConfig, device: torch.device) -> int:
+    """The most fields of ``points`` samples whose hidden layer fits ``CPU_LAYER_BYTES`` on a CPU (no bound on CUDA,
+    whose batched matmuls are what it is built for)."""
+    if device.type != "cpu":
+        return DEFAULT_GROUP
+    return max(1, CPU_LAYER_BYTES // (points * config.field.hidden * FLOAT_BYTES))
 
 
 # -- the run -------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from skimage import data
 from fitters import metrics
 from fitters.cli.fit import main
 from fitters.config import FitConfig
-from fitters.dataset import BOOKKEEPING, run_dataset
+from fitters.dataset import BOOKKEEPING, CPU_LAYER_BYTES, plan_dataset, run_dataset
 from fitters.loop import FitLoop, LoopOptions
 from fitters.signals import load_signal
 from fitters.weights import WEIGHTS_NAME, load_field
@@ -174,6 +174,18 @@ def test_mixed_sizes_are_grouped_by_shape(tmp_path: Path, capsys) -> None:
     resize = ["--signal.resize", "8", "8"]
     assert main([str(tmp_path / "photos"), "--steps", "2", "--out", str(resized), *resize, *SMALL]) == 0
     assert json.loads((resized / BOOKKEEPING / "plan.json").read_text())["groups"] == [[0, 1, 2]]
+
+
+def test_default_groups_on_a_cpu_keep_a_layer_cache_sized(tmp_path: Path) -> None:
+    """One 64-wide layer over 32x32 pixels is 256 KiB: four fields fill ``CPU_LAYER_BYTES``; a 64x64 image (1 MiB)
+    trains alone. An explicit --group is taken as given."""
+    files = [*photos(tmp_path / "small", 6, size=32), *photos(tmp_path / "large", 2, size=64, offset=6)]
+    wide = FieldConfig(hidden=64, layers=2)
+    plan = plan_dataset(FitConfig(path=tmp_path, field=wide, device="cpu"), files)
+    per_small = CPU_LAYER_BYTES // (32 * 32 * 64 * 4)
+    assert per_small == 4 and plan.groups == [[0, 1, 2, 3], [4, 5], [6], [7]]
+    explicit = plan_dataset(FitConfig(path=tmp_path, field=wide, device="cpu", group=6), files)
+    assert explicit.groups == [[0, 1, 2, 3, 4, 5], [6, 7]]
 
 
 def test_resume_skips_done_groups_and_restarts_the_one_in_progress(tmp_path: Path, capsys) -> None:
