@@ -60,13 +60,13 @@ from nerfstudio.configs.method_configs import method_configs
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.vanilla_nerf import NeRFModel
 
+from benchmarks.common import RESULTS, machine_facts
 from nerfstudio_plugin.dataparsers import AutoDataParserConfig
 from nerfstudio_plugin.methods import budget_for, configure
 from nerfstudio_plugin.models import BOUNDS_MARGIN, lpips_weights_present
 from nerfstudio_plugin.scene import render_llff
 from nf_precond.atomic import atomic_path, atomic_write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PAIRS = (
     ("gauss-esgd", "gauss-adam"),
     ("gauss-esgd", "vanilla-nerf"),
@@ -318,7 +318,8 @@ def markdown(settings: dict, runs: Dict[str, Run], rows: list[dict], cost: dict,
         f"Command: `{settings['command']}`", "",
         f"Scene: rendered forward-facing scene, {settings['views']} views at {settings['height']}x{settings['width']}, "
         f"every 8th held out (test views: {settings['test_views']}); {minutes} min of training per method on "
-        f"{settings['device']}; rays per batch: {settings['rays']}.", "",
+        f"{settings['device']}; rays per batch: {settings['rays']}; {settings['threads']} torch threads; "
+        f"{settings['machine']['cpu']}, 1-min load before the runs {settings['machine']['load_average_1min']}.", "",
         f"## Equal wall time ({minutes} min of training steps per method)", "",
         "| method | iterations | s/iteration | evaluations/step | final train PSNR | test PSNR | test SSIM |"
         + (" test LPIPS |" if has_lpips else ""),
@@ -417,6 +418,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         lpips = LearnedPerceptualImagePatchSimilarity(normalize=True)
     budget_s = args.minutes * 60.0
+    machine = machine_facts()  # before training: its load is other work's, the runs' own threads come on top
     rays = args.rays or budget_for(args.device).rays
     runs: Dict[str, Run] = {}
     renders: Dict[str, np.ndarray] = {}
@@ -439,7 +441,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     settings = {"command": command.strip(), "minutes": args.minutes, "device": args.device, "rays": rays,
                 "samples": args.samples, "importance_samples": args.importance_samples, "views": args.views,
                 "test_views": len(range(0, args.views, 8)), "height": args.height, "width": args.width,
-                "threads": torch.get_num_threads(), "lpips": lpips is not None, "smoke": args.smoke}  # fmt: skip
+                "threads": torch.get_num_threads(), "lpips": lpips is not None, "smoke": args.smoke,
+                "machine": machine}  # fmt: skip
     render_name = f"{name}_test_view.png"
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
