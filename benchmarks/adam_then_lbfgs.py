@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "photos": list(RACE_PHOTOS), "size": args.size, "field": f"{REGIMES['full']['field'].layers}x{REGIMES['full']['field'].hidden}", "activation": args.activation,
         "budget": args.budget, "adam_lr": args.adam_lr, "machine": machine_facts(), "verdict": verdict(variants),
-        "command": "python -m benchmarks.adam_then_lbfgs " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.adam_then_lbfgs", *(argv if argv is not None else sys.argv[1:])]),
         "variants": list(variants.values()),
     }  # fmt: skip
     results_dir = Path(tempfile.mkdtemp(prefix="adam_then_lbfgs-")) if args.smoke else RESULTS

@@ -162,6 +162,7 @@ READERS: tuple[tuple[str, Callable[[Results, str], Results]], ...] = (
     ("bare_commands", shallow("machine", "runs", "targets")),
     ("many_fields", shallow("machine", "runs")),
     ("leaderboard*", shallow("machine", "sweep", "boards")),
+    ("adam_then_lbfgs", shallow("machine", "variants", "verdict")),
     ("gpu_suite", shallow("machine", "steps")),
 )
 
