@@ -272,6 +272,9 @@ def bench(config: BenchConfig, argv: Sequence[str]) -> dict[str, Any]:
         check_fits(run_cfg, signal)
     if config.group is not None:
         raise ValueError(f"--group {config.group} applies to nf-fit DIR; nf-bench races runs on one file (drop it)")
+    if config.coarse is not None:
+        raise ValueError(f"--coarse {config.coarse} applies to nf-fit; nf-bench races every run from the same start "
+                         "(drop it; benchmarks/coarse_to_fine.py races coarse-to-fine schedules)")  # fmt: skip
     engine = engine_for(config.ray, threads=config.threads, device=config.device)
     engine.connect()
     config.results_dir.mkdir(parents=True, exist_ok=True)

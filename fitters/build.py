@@ -6,6 +6,7 @@ before any work, ``build_loop`` returns a ``FitLoop`` (one field) or a ``KiloLoo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,13 +22,15 @@ from nf_precond.optim import OPTIMIZERS, build_optimizer
 from nf_precond.sampling import FullBatch, INTSampler, RandomBatches, Sampler
 
 
-def build_components(config: FitConfig, signal: Signal) -> tuple[torch.nn.Module, torch.optim.Optimizer, Sampler]:
-    """The field, optimizer and sampler a resolved config describes, on the signal's device, seeded."""
+def build_components(config: FitConfig, signal: Signal,
+                     also: Sequence[Signal] = ()) -> tuple[torch.nn.Module, torch.optim.Optimizer, Sampler]:  # fmt: skip
+    """The field, optimizer and sampler a resolved config describes, on the signal's device, seeded (a compiled
+    field is compiled for the signals ``also`` trained on too)."""
     device = signal.device
     torch.manual_seed(config.seed)
     model = CoordinateMLP(signal.in_features, signal.out_features, config.field).to(device)
     optimizer = build_optimizer(config.optim, model, lr=config.lr)
-    return compile_field(model, optimizer, config, signal), optimizer, build_sampler(config, signal)
+    return compile_field(model, optimizer, config, signal, also), optimizer, build_sampler(config, signal)
 
 
 def build_sampler(config: FitConfig, signal: Signal) -> Sampler:
@@ -100,13 +103,15 @@ def check_least_squares_fits(config: FitConfig, signal: Signal) -> None:
         )
 
 
-def build_loop(config: FitConfig, signal: Signal, options: LoopOptions, **kwargs: Any) -> FitLoop | KiloLoop:
+def build_loop(config: FitConfig, signal: Signal, options: LoopOptions, also: Sequence[Signal] = (),
+               **kwargs: Any) -> FitLoop | KiloLoop:  # fmt: skip
     """The loop a config checked by ``check_fits`` describes: all tiles of --kilo (group by group), else one field,
-    its optimizer and sampler (``kwargs``: run_dir, on_log, progress, summary_extra)."""
+    its optimizer and sampler, the field compiled for the signals ``also`` trained on too (``kwargs``: run_dir,
+    on_log, progress, summary_extra)."""
     if config.kilo is not None:
         grid = make_grid(signal, config.kilo)
         compile = config.kilo_group is None and wants_compile(config, signal)
         return KiloLoop(signal, grid, config.field, options, optim=config.optim, lr=config.lr, seed=config.seed,
                         group=config.kilo_group, compile=compile, **kwargs)  # fmt: skip
-    model, optimizer, sampler = build_components(config, signal)
+    model, optimizer, sampler = build_components(config, signal, also)
     return FitLoop(signal, model, optimizer, sampler, options, **kwargs)

@@ -7,6 +7,8 @@ run is long enough to repay it (``AUTO_MIN_POINT_STEPS``) and the optimizer allo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from fitters.config import FitConfig
@@ -31,20 +33,23 @@ def wants_compile(config: FitConfig, signal: Signal) -> bool:
     return config.steps * (config.batch_size or signal.num_samples) >= AUTO_MIN_POINT_STEPS
 
 
-def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitConfig,
-                  signal: Signal) -> torch.nn.Module:  # fmt: skip
-    """``model`` as a ``CompiledField`` (eager on curvature steps), compiled now; ``model`` itself when not
-    compiling or when compiling fails. The compiled field carries ``compile_s``."""
+def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: FitConfig, signal: Signal,
+                  also: Sequence[Signal] = ()) -> torch.nn.Module:  # fmt: skip
+    """``model`` as a ``CompiledField`` (eager on curvature steps), compiled now for ``signal`` and the signals
+    ``also`` trained on (--coarse copies), one static graph per size; ``model`` itself when not compiling or when
+    compiling fails. The compiled field carries ``compile_s``."""
     if not wants_compile(config, signal):
         return model
-    batch = min(config.batch_size or signal.num_samples, signal.num_samples)
-    chunk = min(config.eval_chunk, signal.num_samples)
 
     def warm_up(field: torch.nn.Module) -> None:
-        coords, targets = signal.batch(torch.arange(batch, device=signal.device))
-        signal.loss(field(coords), targets).sum().backward()
-        with torch.no_grad():
-            field(signal.coords_at(torch.arange(chunk, device=signal.device)))
+        # Without this, a second size would recompile the field for dynamic shapes, slower for every size.
+        with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            for each in (signal, *also):
+                batch = min(config.batch_size or each.num_samples, each.num_samples)
+                coords, targets = each.batch(torch.arange(batch, device=each.device))
+                each.loss(field(coords), targets).sum().backward()
+                with torch.no_grad():
+                    field(each.coords_at(torch.arange(min(config.eval_chunk, each.num_samples), device=each.device)))
 
     return compiled_field(model, warm_up, signal.device, eager_when=lambda: needs_graph(optimizer))
 

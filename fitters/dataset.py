@@ -185,11 +185,21 @@ class FieldsSignal(Signal):
 
     def field_predict(self, predict: FieldsPredict, index: int, outputs: torch.Tensor | None = None) -> Predict:
         """Field ``index`` as a predict for its own signal: ``outputs`` (all fields on ``coords``, evaluated once)
-        answer for the signal's own grid, other coordinates (held-out points, meshes) go through the field alone."""
+        answer for the signal's own samples, asked for whole or in consecutive blocks as signals evaluate (each
+        query is checked against the coordinates it claims); anything else (held-out points, meshes) goes through
+        the field alone, copied out of the group once."""
         own = self.signals[index].coords
+        next_sample, single = 0, None
 
         def lookup(coords: torch.Tensor) -> torch.Tensor:
-            return outputs[index] if outputs is not None and coords is own else predict.field(index)(coords)
+            nonlocal next_sample, single
+            if outputs is not None:
+                start = next_sample if next_sample + len(coords) <= len(own) else 0
+                if torch.equal(coords, own[start : start + len(coords)]):
+                    next_sample = (start + len(coords)) % len(own)
+                    return outputs[index, start : start + len(coords)]
+            single = single or predict.field(index)
+            return single(coords)
 
         return lookup
 
@@ -370,6 +380,7 @@ def check_dataset(config: FitConfig) -> None:
         )
     refusals = [
         (config.kilo is not None, f"--kilo {config.kilo} tiles one file; drop it for nf-fit DIR (or fit one file)"),
+        (config.coarse is not None, f"--coarse {config.coarse} fits one image; drop it for nf-fit DIR (or fit one file)"),
         (bool(config.batch_size) or config.sampler not in (None, "full"),
          "nf-fit DIR trains every field on all its samples at once; drop --batch-size and --sampler"),
         (config.viewer, "--viewer shows one fit; drop it for nf-fit DIR"),

@@ -29,6 +29,7 @@ with exit_on_interrupt("nf-fit"):
     import tyro
 
     from fitters.build import build_loop, check_fits, loop_options
+    from fitters.coarse import check_coarse, coarse_signals, fit_coarse
     from fitters.dataset import fit_dataset, is_dataset_path
     from fitters.distributed import kilo_engine
     from fitters.config import (
@@ -100,6 +101,7 @@ def run_identity(config: FitConfig) -> dict[str, Any]:
         "--optim": config.optim,
         "--lr": config.lr,
         "--kilo": config.kilo,
+        "--coarse": config.coarse,
     }
     for prefix, settings in (("--signal.", config.signal), ("--", config.field)):
         for name, value in to_plain(dataclasses.asdict(settings)).items():
@@ -129,6 +131,10 @@ def fit_claimed(config: FitConfig, run_dir: RunDir, device: torch.device, progre
         run_dir.check_resume(checkpoint)
     config = fit_to_signal(config, signal)
     check_fits(config, signal)
+    if config.coarse is not None:
+        check_coarse(config, signal)
+    # A resumed run's checkpoint already holds what the coarse phases learned.
+    copies = coarse_signals(config, signal) if config.coarse is not None and checkpoint is None else []
     loop_extra = {
         "optim": config.optim, "lr": config.lr, "batch_size": config.batch_size, "sampler": config.sampler,
         "path": str(config.path),
@@ -136,9 +142,11 @@ def fit_claimed(config: FitConfig, run_dir: RunDir, device: torch.device, progre
     viewer, on_log = viewer_callback(config, signal) if config.viewer else (None, None)
     try:
         loop = build_loop(
-            config, signal, loop_options(config), run_dir=run_dir, on_log=on_log, progress=progress,
-            summary_extra=loop_extra, **kilo_engine(config),
+            config, signal, loop_options(config), [copy for copy, _ in copies], run_dir=run_dir, on_log=on_log,
+            progress=progress, summary_extra=loop_extra, **kilo_engine(config),
         )  # fmt: skip
+        if copies:  # before the run folder is written: Ctrl-C here leaves nothing behind
+            loop.summary_extra["coarse"] = fit_coarse(config, loop, copies, progress)
         if checkpoint is not None:
             try:
                 loop.load_state_dict(checkpoint)

@@ -18,11 +18,11 @@ from skimage import data
 from fitters import metrics
 from fitters.cli.fit import main
 from fitters.config import FitConfig
-from fitters.dataset import BOOKKEEPING, CPU_LAYER_BYTES, plan_dataset, run_dataset
+from fitters.dataset import BOOKKEEPING, CPU_LAYER_BYTES, FieldsPredict, FieldsSignal, plan_dataset, run_dataset
 from fitters.loop import FitLoop, LoopOptions
 from fitters.signals import load_signal
 from fitters.weights import WEIGHTS_NAME, load_field
-from nf_precond.nn import CoordinateMLP, FieldConfig
+from nf_precond.nn import BatchedMLP, CoordinateMLP, FieldConfig
 from nf_precond.optim import build_optimizer, optimizer_spec
 from nf_precond.sampling import FullBatch
 
@@ -76,6 +76,30 @@ def test_every_field_is_its_own_single_fit(tmp_path: Path, optim: str, lr: float
             atol = 2e-3 if optim == "lbfgs" else 1e-4  # L-BFGS line searches amplify rounding more than Adam
             torch.testing.assert_close(loaded(signal.coords), twin(signal.coords), atol=atol, rtol=0)
         assert metrics.psnr(image, signal.targets) == pytest.approx(summary["psnr"], abs=1e-4)
+
+
+@pytest.mark.parametrize("block", [None, 100])
+def test_a_groups_metrics_from_its_batched_outputs_equal_each_field_evaluated_alone(tmp_path: Path, monkeypatch,
+                                                                                      block: int | None) -> None:  # fmt: skip
+    """The fast path (every field's metrics served from one batched evaluation) against its reference twin (each
+    field copied out of the group and evaluated on its own), whole and in blocks that do not divide the signal."""
+    if block is not None:
+        monkeypatch.setattr("fitters.signals.base.EVAL_BLOCK", block)
+    signals = [load_signal(path) for path in photos(tmp_path, 3)]
+    fields = FieldsSignal(signals)
+    torch.manual_seed(1)
+    predict = FieldsPredict(BatchedMLP(3, fields.in_features, fields.out_features, FIELD), chunk=4096)
+    outputs = predict(fields.coords)
+    for final in (False, True):
+        served = fields.field_metrics(predict, outputs, final=final)
+        alone = [(signal.final_metrics if final else signal.evaluate)(predict.field(index))
+                 for index, signal in enumerate(signals)]  # fmt: skip
+        for fast, reference in zip(served, alone):
+            assert fast.keys() == reference.keys()
+            for name in fast:
+                assert fast[name] == pytest.approx(reference[name], abs=1e-4)
+    probe = torch.rand(7, 2) * 2 - 1  # not the signal's samples: answered by the field itself
+    torch.testing.assert_close(fields.field_predict(predict, 1, outputs)(probe), predict.field(1)(probe))
 
 
 def test_results_do_not_depend_on_the_grouping_beyond_rounding(tmp_path: Path) -> None:
