@@ -19,14 +19,9 @@ The switch is kept only if its median speed-up beats plain L-BFGS's. Results go 
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, machine_facts, write_results
-from benchmarks.leaderboard import RACE_PHOTOS
-from benchmarks.phased import Phase, Variant, command, markdown, race, verdict
+from benchmarks.phased import Phase, Variant, experiment_parser, parse, run_experiment
 
 SMOKE = {"budget": 2.0, "size": 16, "switch": "0,0.5", "compile": "off"}
 """--smoke: a few seconds per run on tiny eager fields."""
@@ -41,31 +36,14 @@ def variants(switches: list[float], adam_lr: float) -> list[Variant]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--switch", default="0,5,15", help="seconds of Adam before L-BFGS, comma-separated (0: L-BFGS)")
-    parser.add_argument("--budget", type=float, default=60.0, help="training seconds per run")
-    parser.add_argument("--adam-lr", type=float, default=1e-3, help="Adam's lr (the full/sine board's winner)")
-    parser.add_argument("--activation", default="sine")
-    parser.add_argument("--size", type=int, default=256, help="photo side after resizing")
-    parser.add_argument("--compile", default="on", choices=("on", "off"), help="compile the field (before the clock)")
-    parser.add_argument("--smoke", action="store_true", help="tiny photos and budget, results to a temporary folder")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        for key, value in SMOKE.items():
-            setattr(args, key, value)
+    args = parse(parser, argv, SMOKE)
     switches = [float(part) for part in args.switch.split(",") if part.strip()]
     if any(not 0 <= switch < args.budget for switch in switches):
         parser.error(f"--switch: every switch must lie in [0, --budget {args.budget:g})")
-    settings = {"budget": args.budget, "size": args.size, "activation": args.activation, "compile": args.compile == "on"}
-    raced = race(variants(switches, args.adam_lr), list(RACE_PHOTOS), experiment="adam_then_lbfgs", **settings)
-    report = {"photos": list(RACE_PHOTOS), **settings, "adam_lr": args.adam_lr, "machine": machine_facts(),
-              "verdict": verdict(raced, reference="lbfgs", idea="switch"), "command": command("adam_then_lbfgs", argv),
-              "variants": raced}  # fmt: skip
-    text = markdown(report, "Adam first, then L-BFGS (full batch)", f"Adam at lr {args.adam_lr:g}")
-    results_dir = Path(tempfile.mkdtemp(prefix="adam_then_lbfgs-")) if args.smoke else RESULTS
-    write_results("adam_then_lbfgs", report, text, results_dir)
-    print(text)
-    return report
+    return run_experiment("adam_then_lbfgs", "Adam first, then L-BFGS (full batch)", args, argv,
+                          variants(switches, args.adam_lr), idea="switch")
 
 
 if __name__ == "__main__":

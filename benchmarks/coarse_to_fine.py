@@ -20,14 +20,9 @@ The schedule is kept only if its median speed-up beats plain L-BFGS's. Results g
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, machine_facts, write_results
-from benchmarks.leaderboard import RACE_PHOTOS
-from benchmarks.phased import Phase, Variant, command, markdown, race, verdict
+from benchmarks.phased import Phase, Variant, experiment_parser, parse, run_experiment
 
 SMOKE = {"budget": 2.0, "size": 16, "schedules": "8:0.5", "compile": "off"}
 """--smoke: a few seconds per run on tiny eager fields."""
@@ -61,34 +56,16 @@ def variants(schedules: list[list[tuple[int, float]]], adam_lr: float) -> list[V
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__)
     parser.add_argument("--schedules", default="64:3;64:3,128:6;128:8",
                         help="coarse phases per variant, ';' between variants: SIDE:SECONDS,... (default %(default)s)")
-    parser.add_argument("--budget", type=float, default=60.0, help="training seconds per run")
-    parser.add_argument("--adam-lr", type=float, default=1e-3, help="Adam's lr (the full/sine board's winner)")
-    parser.add_argument("--activation", default="sine")
-    parser.add_argument("--size", type=int, default=256, help="photo side after resizing")
-    parser.add_argument("--compile", default="on", choices=("on", "off"), help="compile the field (before the clock)")
-    parser.add_argument("--smoke", action="store_true", help="tiny photos and budget, results to a temporary folder")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        for key, value in SMOKE.items():
-            setattr(args, key, value)
+    args = parse(parser, argv, SMOKE)
     try:
         schedules = parse_schedules(args.schedules, args.size, args.budget)
     except ValueError as error:
         parser.error(str(error))
-    settings = {"budget": args.budget, "size": args.size, "activation": args.activation, "compile": args.compile == "on"}
-    raced = race(variants(schedules, args.adam_lr), list(RACE_PHOTOS), experiment="coarse_to_fine", **settings)
-    report = {"photos": list(RACE_PHOTOS), **settings, "adam_lr": args.adam_lr, "machine": machine_facts(),
-              "verdict": verdict(raced, reference="lbfgs", idea="schedule"), "command": command("coarse_to_fine", argv),
-              "variants": raced}  # fmt: skip
-    text = markdown(report, "Coarse to fine: L-BFGS on smaller copies of the photo first (full batch)",
-                    f"Adam at lr {args.adam_lr:g}")
-    results_dir = Path(tempfile.mkdtemp(prefix="coarse_to_fine-")) if args.smoke else RESULTS
-    write_results("coarse_to_fine", report, text, results_dir)
-    print(text)
-    return report
+    return run_experiment("coarse_to_fine", "Coarse to fine: L-BFGS on smaller copies of the photo first (full batch)",
+                          args, argv, variants(schedules, args.adam_lr), idea="schedule")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ experiments (``adam_then_lbfgs``, ``coarse_to_fine``).
 A phase trains the same field with one optimizer, for some seconds, on the photo at some size; a variant is a list
 of phases run one after the other on one clock. Every variant runs the leaderboard's full regime (4x64 field, full
 batch, one thread) on its race photos for the same training-time budget, from the same initial weights. When the
-field is compiled, it is compiled for every photo size before the clock starts (static shapes, as nf-fit compiles
-one size), so no variant pays for a recompile. A phase on a smaller copy of the photo is scored once, at its end, on
+field is compiled, it is compiled for every photo size before the clock starts (one static graph per size, as
+``nf-fit --coarse`` compiles it), so no variant pays for a recompile. A phase on a smaller copy of the photo is scored once, at its end, on
 the full-size photo: its own PSNR would measure a different signal.
 
 Per photo and variant: PSNR at the end of the budget, and the time and iterations to the baseline's (the first
@@ -14,23 +14,25 @@ variant's) final PSNR; speed-up = the baseline's time / the variant's.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from benchmarks.leaderboard import PHOTOS, REGIMES, base_config, photo
+from benchmarks.common import RESULTS, machine_facts, write_results
+from benchmarks.leaderboard import PHOTOS, RACE_PHOTOS, REGIMES, base_config, photo
 from fitters import metrics
 from fitters.bench import RunSpec, run_config
-from fitters.build import build_sampler, loop_options
-from fitters.config import FitConfig, apply_threads, fit_to_signal
+from fitters.build import build_components, build_sampler, loop_options
+from fitters.config import apply_threads, fit_to_signal
 from fitters.loop import FitLoop, make_predict
 from fitters.signals import Signal
-from nf_precond.nn import CoordinateMLP, compiled_field
 from nf_precond.optim import build_optimizer
 
 
@@ -50,25 +52,6 @@ class Variant:
     phases: tuple[Phase, ...]
 
 
-def field_for(config: FitConfig, signals: list[Signal], compile: bool) -> torch.nn.Module:
-    """The seeded field of ``config``, compiled for the full batch and an evaluation chunk of every signal."""
-    torch.manual_seed(config.seed)
-    field = CoordinateMLP(signals[0].in_features, signals[0].out_features, config.field)
-    if not compile:
-        return field
-
-    def warm_up(forward: torch.nn.Module) -> None:
-        # One static graph per size: a second size would otherwise recompile the field for dynamic shapes.
-        with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
-            for signal in signals:
-                coords, targets = signal.batch(None)
-                signal.loss(forward(coords), targets).sum().backward()
-                with torch.no_grad():
-                    forward(signal.coords_at(torch.arange(min(config.eval_chunk, signal.num_samples))))
-
-    return compiled_field(field, warm_up, torch.device("cpu"))
-
-
 def scored(signal: Signal, predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
     return {**signal.evaluate(predict), "eval_samples": signal.num_eval_samples}
 
@@ -79,9 +62,11 @@ def fit(name: str, variant: Variant, *, budget: float, size: int, activation: st
     signals = {side: photo(name, side) for side in {size, *(phase.size or size for phase in variant.phases)}}
     target = signals[size]
     base = base_config(PHOTOS / name, "full", activation, budget, size)
-    config = fit_to_signal(run_config(base, RunSpec(variant.label, variant.phases[0].optim, variant.phases[0].lr)), target)
+    spec = RunSpec(variant.label, variant.phases[0].optim, variant.phases[0].lr)
+    config = dataclasses.replace(fit_to_signal(run_config(base, spec), target), compile="on" if compile else "off")
     apply_threads(config)
-    model = field_for(config, list(signals.values()), compile)
+    # The field nf-fit would start from, compiled (before the clock) for every size the phases train on.
+    model, _, _ = build_components(config, target, [signal for signal in signals.values() if signal is not target])
     field = getattr(model, "field", model)
     predict = make_predict(model, config.eval_chunk)
     curve: list[dict[str, Any]] = []
@@ -170,8 +155,40 @@ def markdown(report: dict[str, Any], title: str, baseline: str) -> str:
     return "\n".join(lines)
 
 
-def command(module: str, argv: list[str] | None) -> str:
-    return " ".join([f"python -m benchmarks.{module}", *(argv if argv is not None else sys.argv[1:])])
+def experiment_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every phased experiment takes (it adds its own, then calls ``parse``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=60.0, help="training seconds per run")
+    parser.add_argument("--adam-lr", type=float, default=1e-3, help="Adam's lr (the full/sine board's winner)")
+    parser.add_argument("--activation", default="sine")
+    parser.add_argument("--size", type=int, default=256, help="photo side after resizing")
+    parser.add_argument("--compile", default="on", choices=("on", "off"), help="compile the field (before the clock)")
+    parser.add_argument("--smoke", action="store_true", help="tiny photos and budget, results to a temporary folder")
+    return parser
 
 
-__all__ = ["Phase", "Variant", "command", "fit", "markdown", "race", "verdict"]
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: dict[str, Any]) -> argparse.Namespace:
+    """The parsed flags, with ``smoke``'s values in place under --smoke."""
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for key, value in smoke.items():
+            setattr(args, key, value)
+    return args
+
+
+def run_experiment(name: str, title: str, args: argparse.Namespace, argv: list[str] | None, variants: list[Variant],
+                   idea: str) -> dict[str, Any]:  # fmt: skip
+    """Race ``variants`` on the race photos, judge ``idea`` against plain L-BFGS, and write
+    ``benchmarks/results/NAME.{md,json}`` (a temporary folder under --smoke)."""
+    settings = {"budget": args.budget, "size": args.size, "activation": args.activation, "compile": args.compile == "on"}
+    raced = race(variants, list(RACE_PHOTOS), experiment=name, **settings)
+    command = " ".join([f"python -m benchmarks.{name}", *(argv if argv is not None else sys.argv[1:])])
+    report = {"photos": list(RACE_PHOTOS), **settings, "adam_lr": args.adam_lr, "machine": machine_facts(),
+              "verdict": verdict(raced, reference="lbfgs", idea=idea), "command": command, "variants": raced}  # fmt: skip
+    text = markdown(report, title, f"Adam at lr {args.adam_lr:g}")
+    write_results(name, report, text, Path(tempfile.mkdtemp(prefix=f"{name}-")) if args.smoke else RESULTS)
+    print(text)
+    return report
+
+
+__all__ = ["Phase", "Variant", "experiment_parser", "fit", "parse", "race", "run_experiment", "verdict"]

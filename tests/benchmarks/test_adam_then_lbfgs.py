@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import adam_then_lbfgs
+from benchmarks.leaderboard import RACE_PHOTOS
 
 
 @pytest.mark.slow
@@ -13,7 +14,7 @@ def test_switched_runs_train_adam_then_lbfgs_on_one_curve() -> None:
     variants = {variant["label"]: variant for variant in report["variants"]}
     assert list(variants) == ["adam", "lbfgs", "adam 0.5 s, then lbfgs"]
     for variant in variants.values():
-        assert len(variant["runs"]) == len(adam_then_lbfgs.RACE_PHOTOS)
+        assert len(variant["runs"]) == len(RACE_PHOTOS)
         for run in variant["runs"]:
             assert run["time_s"] == pytest.approx(report["budget"], rel=0.2)
     for run in variants["adam 0.5 s, then lbfgs"]["runs"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import coarse_to_fine
+from benchmarks.leaderboard import RACE_PHOTOS
 
 
 def test_schedules_parse_into_sides_and_seconds() -> None:
@@ -27,7 +28,7 @@ def test_a_tiny_race_scores_every_variant_on_every_photo() -> None:
     labels = [variant["label"] for variant in report["variants"]]
     assert labels == ["adam", "lbfgs", "8² 0.5 s, then full size"]
     for variant in report["variants"]:
-        assert [run["photo"] for run in variant["runs"]] == list(coarse_to_fine.RACE_PHOTOS)
+        assert [run["photo"] for run in variant["runs"]] == list(RACE_PHOTOS)
         assert all(run["curve"][-1]["eval_samples"] == 16 * 16 for run in variant["runs"])
     coarse = report["variants"][2]
     assert [phase["size"] for phase in coarse["phases"]] == [8, None]
