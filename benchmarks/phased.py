@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from fitters.build import build_components, build_sampler, loop_options
 from fitters.config import apply_threads, fit_to_signal
 from fitters.loop import FitLoop, make_predict
 from fitters.signals import Signal
-from nf_precond.optim import build_optimizer
+from nf_precond.optim import OPTIMIZERS, build_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,19 +50,48 @@ class Phase:
 class Variant:
     label: str
     phases: tuple[Phase, ...]
+    peer: bool = False
+    """A peer optimizer raced beside the idea (``--peers``): compared with it, never judged as part of it."""
+
+
+def parse_peers(text: str) -> list[Variant]:
+    """``"soap@3e-4,muon@9.5e-4"`` -> one single-phase peer variant each (registered optimizers at those lrs)."""
+    peers = []
+    for item in filter(str.strip, text.split(",")):
+        name, _, lr = item.strip().partition("@")
+        if name not in OPTIMIZERS:
+            raise ValueError(f"--peers: {name!r} is not a registered optimizer; choose from {', '.join(OPTIMIZERS)}")
+        try:
+            peers.append(Variant(f"{name}@{float(lr):g}", (Phase(name, float(lr)),), peer=True))
+        except ValueError:
+            raise ValueError(f"--peers: {item!r} is not NAME@LR (for example soap@3e-4)") from None
+    return peers
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOptimizer:
+    """An experiment's own optimizer, not in the registry."""
+
+    like: str
+    """The registered optimizer whose run settings (batch, compile) it trains under."""
+    build: Callable[[torch.nn.Module, Callable[[], torch.Tensor], float], torch.optim.Optimizer]
+    """(eager field, the phase's full-batch loss, lr) -> the optimizer."""
 
 
 def scored(signal: Signal, predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
     return {**signal.evaluate(predict), "eval_samples": signal.num_eval_samples}
 
 
-def fit(name: str, variant: Variant, *, budget: float, size: int, activation: str, compile: bool) -> dict[str, Any]:
+def fit(name: str, variant: Variant, *, budget: float, size: int, activation: str, compile: bool,
+        optimizers: Mapping[str, LocalOptimizer] = {}) -> dict[str, Any]:  # fmt: skip
     """One run of ``variant`` on photo ``name``: the phases' curves joined into one (each shifted by the time, steps
-    and closure evaluations before it), a smaller-size phase collapsed to one record scored on the full photo."""
+    and closure evaluations before it), a smaller-size phase collapsed to one record scored on the full photo.
+    A phase whose optimizer is named in ``optimizers`` builds it there (on the clock), else from the registry."""
     signals = {side: photo(name, side) for side in {size, *(phase.size or size for phase in variant.phases)}}
     target = signals[size]
     base = base_config(PHOTOS / name, "full", activation, budget, size)
-    spec = RunSpec(variant.label, variant.phases[0].optim, variant.phases[0].lr)
+    first = variant.phases[0]
+    spec = RunSpec(variant.label, optimizers[first.optim].like if first.optim in optimizers else first.optim, first.lr)
     config = dataclasses.replace(fit_to_signal(run_config(base, spec), target), compile="on" if compile else "off")
     apply_threads(config)
     # The field nf-fit would start from, compiled (before the clock) for every size the phases train on.
@@ -79,7 +108,11 @@ def fit(name: str, variant: Variant, *, budget: float, size: int, activation: st
             continue
         signal = signals[phase.size or size]
         options = dataclasses.replace(loop_options(config), time_budget=seconds)
-        optimizer = build_optimizer(phase.optim, field, lr=phase.lr)
+        if phase.optim in optimizers:
+            coords, targets = signal.batch(torch.arange(signal.num_samples, device=signal.device))
+            optimizer = optimizers[phase.optim].build(field, lambda: signal.loss(field(coords), targets), phase.lr)
+        else:
+            optimizer = build_optimizer(phase.optim, field, lr=phase.lr)
         outcome = FitLoop(signal, model, optimizer, build_sampler(config, signal), options).run()
         history = outcome.history
         if signal is not target:
@@ -91,16 +124,17 @@ def fit(name: str, variant: Variant, *, budget: float, size: int, activation: st
     return {"steps": steps, "time_s": time_s, "closure_evals": evals, "final_psnr": curve[-1]["psnr"], "curve": curve}
 
 
-def race(variants: list[Variant], photos: list[str], *, experiment: str, **settings: Any) -> list[dict[str, Any]]:
+def race(variants: list[Variant], photos: list[str], *, experiment: str, optimizers: Mapping[str, LocalOptimizer] = {},
+         **settings: Any) -> list[dict[str, Any]]:  # fmt: skip
     """Every variant on every photo (``settings``: ``fit``'s keywords), each run scored against the first variant's
     final PSNR on that photo; a variant's median speed-up counts a photo where it never reaches the target as 0."""
-    results = [{"label": variant.label, "phases": [dataclasses.asdict(phase) for phase in variant.phases], "runs": []}
-               for variant in variants]  # fmt: skip
+    results = [{"label": variant.label, "phases": [dataclasses.asdict(phase) for phase in variant.phases],
+                "peer": variant.peer, "runs": []} for variant in variants]  # fmt: skip
     for name in photos:
         baseline = None
         for variant, result in zip(variants, results):
             print(f"{experiment}: {name} {variant.label}", file=sys.stderr, flush=True)
-            run = fit(name, variant, **settings)
+            run = fit(name, variant, optimizers=optimizers, **settings)
             baseline = baseline or run
             target = baseline["final_psnr"]
             reached_s = metrics.first_crossing(run["curve"], "psnr", target, "time_s")
@@ -116,16 +150,26 @@ def race(variants: list[Variant], photos: list[str], *, experiment: str, **setti
 
 def verdict(variants: list[dict[str, Any]], reference: str, idea: str) -> str:
     """Keep ``idea`` only if its best variant's median speed-up beats the ``reference`` variant's. The variants
-    other than the baseline (the first) and the reference are the idea's."""
+    other than the baseline (the first), the reference and the peers are the idea's; with peers, a second sentence
+    says whether ours (the reference or the idea) is ahead of every one of them."""
     by_label = {variant["label"]: variant for variant in variants}
-    tried = [variant for variant in variants[1:] if variant["label"] != reference]
+    peers = [variant for variant in variants if variant.get("peer")]
+    tried = [variant for variant in variants[1:] if variant["label"] != reference and not variant.get("peer")]
     if reference not in by_label or not tried:
         return f"no {idea} compared with {reference}"
     plain, best = by_label[reference], max(tried, key=lambda variant: variant["median_speedup"])
     if best["median_speedup"] > plain["median_speedup"]:
-        return f"keep: {best['label']} ({best['median_speedup']:.2f}x) beats {reference} ({plain['median_speedup']:.2f}x)"
-    return (f"not kept: no {idea} beats {reference} ({plain['median_speedup']:.2f}x median; best {idea} "
-            f"{best['label']}, {best['median_speedup']:.2f}x)")
+        judged = f"keep: {best['label']} ({best['median_speedup']:.2f}x) beats {reference} ({plain['median_speedup']:.2f}x)"
+    else:
+        judged = (f"not kept: no {idea} beats {reference} ({plain['median_speedup']:.2f}x median; best {idea} "
+                  f"{best['label']}, {best['median_speedup']:.2f}x)")
+    if not peers:
+        return judged
+    ours = max([plain, best], key=lambda variant: variant["median_speedup"])
+    peer = max(peers, key=lambda variant: variant["median_speedup"])
+    ahead = "ahead of every peer" if ours["median_speedup"] > peer["median_speedup"] else "NOT ahead of every peer"
+    return (f"{judged}. Ours at its best ({ours['label']}, {ours['median_speedup']:.2f}x) is {ahead} "
+            f"(best peer {peer['label']}, {peer['median_speedup']:.2f}x)")
 
 
 def markdown(report: dict[str, Any], title: str, baseline: str) -> str:
@@ -163,6 +207,9 @@ def experiment_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--activation", default="sine")
     parser.add_argument("--size", type=int, default=256, help="photo side after resizing")
     parser.add_argument("--compile", default="on", choices=("on", "off"), help="compile the field (before the clock)")
+    parser.add_argument("--peers", default="",
+                        help="peer optimizers raced beside the idea, NAME@LR,... (their board's sweep winners), e.g. "
+                             "soap@3e-4,muon@9.5e-4")
     parser.add_argument("--smoke", action="store_true", help="tiny photos and budget, results to a temporary folder")
     return parser
 
@@ -173,15 +220,20 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: dict[s
     if args.smoke:
         for key, value in smoke.items():
             setattr(args, key, value)
+    try:
+        args.peers = parse_peers(args.peers)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def run_experiment(name: str, title: str, args: argparse.Namespace, argv: list[str] | None, variants: list[Variant],
-                   idea: str) -> dict[str, Any]:  # fmt: skip
-    """Race ``variants`` on the race photos, judge ``idea`` against plain L-BFGS, and write
+                   idea: str, optimizers: Mapping[str, LocalOptimizer] = {}) -> dict[str, Any]:  # fmt: skip
+    """Race ``variants`` and the --peers on the race photos, judge ``idea`` against plain L-BFGS, and write
     ``benchmarks/results/NAME.{md,json}`` (a temporary folder under --smoke)."""
+    variants = [*variants, *args.peers]
     settings = {"budget": args.budget, "size": args.size, "activation": args.activation, "compile": args.compile == "on"}
-    raced = race(variants, list(RACE_PHOTOS), experiment=name, **settings)
+    raced = race(variants, list(RACE_PHOTOS), experiment=name, optimizers=optimizers, **settings)
     command = " ".join([f"python -m benchmarks.{name}", *(argv if argv is not None else sys.argv[1:])])
     report = {"photos": list(RACE_PHOTOS), **settings, "adam_lr": args.adam_lr, "machine": machine_facts(),
               "verdict": verdict(raced, reference="lbfgs", idea=idea), "command": command, "variants": raced}  # fmt: skip
@@ -191,4 +243,5 @@ def run_experiment(name: str, title: str, args: argparse.Namespace, argv: list[s
     return report
 
 
-__all__ = ["Phase", "Variant", "experiment_parser", "fit", "parse", "race", "run_experiment", "verdict"]
+__all__ = ["LocalOptimizer", "Phase", "Variant", "experiment_parser", "fit", "parse", "parse_peers", "race",
+           "run_experiment", "verdict"]

@@ -24,9 +24,11 @@ def test_bad_schedules_name_the_flag_and_the_problem(text: str, problem: str) ->
 
 @pytest.mark.slow
 def test_a_tiny_race_scores_every_variant_on_every_photo() -> None:
-    report = coarse_to_fine.main(["--smoke"])
+    report = coarse_to_fine.main(["--smoke", "--peers", "soap@1e-3"])
     labels = [variant["label"] for variant in report["variants"]]
-    assert labels == ["adam", "lbfgs", "8² 0.5 s, then full size"]
+    assert labels == ["adam", "lbfgs", "8² 0.5 s, then full size", "soap@0.001"]
+    assert [variant["peer"] for variant in report["variants"]] == [False, False, False, True]
+    assert "of every peer (best peer soap@0.001" in report["verdict"]
     for variant in report["variants"]:
         assert [run["photo"] for run in variant["runs"]] == list(RACE_PHOTOS)
         assert all(run["curve"][-1]["eval_samples"] == 16 * 16 for run in variant["runs"])

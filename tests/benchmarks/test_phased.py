@@ -30,3 +30,23 @@ def test_an_idea_is_kept_only_when_its_median_speedup_beats_the_reference() -> N
     assert phased.verdict(variants(1.7, 1.7), "lbfgs", "trick").startswith("not kept: no trick beats lbfgs")
     assert phased.verdict(variants(0.0, 0.0), "lbfgs", "trick").startswith("not kept")
     assert phased.verdict(variants(1.0, 1.0)[:2], "lbfgs", "trick") == "no trick compared with lbfgs"
+
+
+def test_peers_race_beside_the_idea_and_are_compared_not_judged() -> None:
+    variants = [{"label": "adam", "median_speedup": 1.0}, {"label": "lbfgs", "median_speedup": 1.7},
+                {"label": "idea", "median_speedup": 2.1}, {"label": "soap@0.0003", "median_speedup": 2.5, "peer": True}]
+    text = phased.verdict(variants, "lbfgs", "trick")
+    assert text.startswith("keep: idea (2.10x) beats lbfgs (1.70x)")  # the faster peer is not the idea's
+    assert "idea, 2.10x) is NOT ahead of every peer (best peer soap@0.0003, 2.50x)" in text
+    variants[3]["median_speedup"] = 1.2
+    assert "is ahead of every peer" in phased.verdict(variants, "lbfgs", "trick")
+
+
+def test_peers_parse_into_single_phase_variants_or_fail_naming_the_flag() -> None:
+    peers = phased.parse_peers("soap@3e-4, muon@9.5e-4")
+    assert [(peer.label, peer.phases, peer.peer) for peer in peers] == [
+        ("soap@0.0003", (Phase("soap", 3e-4),), True), ("muon@0.00095", (Phase("muon", 9.5e-4),), True)]
+    for text, problem in [("nadam@1e-3", "not a registered optimizer"), ("soap", "not NAME@LR"), ("soap@x", "NAME@LR")]:
+        with pytest.raises(ValueError, match="--peers") as error:
+            phased.parse_peers(text)
+        assert problem in str(error.value)
