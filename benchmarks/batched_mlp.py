@@ -48,6 +48,7 @@ CASES = (
     Case("tiny nets, few points (overhead-bound)", num_nets=1000, layers=2, hidden=32, points=100),
     Case("KiloImage nets (4x64), mini-batch per tile", num_nets=1000, layers=4, hidden=64, points=100),
     Case("KiloImage nets (4x64), 1k points per tile", num_nets=100, layers=4, hidden=64, points=1000),
+    Case("dataset fields (4x64), a 64x64 image each (nf-fit DIR)", num_nets=64, layers=4, hidden=64, points=4096),
 )
 
 

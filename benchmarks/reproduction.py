@@ -164,6 +164,7 @@ READERS: tuple[tuple[str, Callable[[Results, str], Results]], ...] = (
     ("leaderboard*", shallow("machine", "sweep", "boards")),
     ("adam_then_lbfgs", shallow("machine", "variants", "verdict")),
     ("coarse_to_fine", shallow("machine", "variants", "verdict")),
+    ("equilibrated_lbfgs*", shallow("machine", "variants", "verdict")),
     ("gpu_suite", shallow("machine", "steps")),
 )
 
