@@ -20,7 +20,7 @@ The variants (raced as ``benchmarks.phased`` describes):
 - ``equilibrated, D every R s``: a fresh D (and history) from the current weights every R seconds (``--refresh``).
 
 Kept only if its median speed-up beats plain L-BFGS's. Results go to
-``benchmarks/results/equilibrated_lbfgs[_ACTIVATION].{md,json}`` (no suffix for sine).
+``benchmarks/results/equilibrated_lbfgs.{md,json}`` (``--results-name`` for another activation's run).
 """
 
 from __future__ import annotations
@@ -119,10 +119,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def equilibrated(field: torch.nn.Module, loss_fn: Callable[[], Tensor], lr: float) -> EquilibratedLBFGS:
         return EquilibratedLBFGS(field.parameters(), loss_fn, lr, samples=args.samples, damping=args.damping)
 
-    name = "equilibrated_lbfgs" + ("" if args.activation == "sine" else f"_{args.activation}")
     title = (f"L-BFGS with ESGD's equilibration diagonal as its initial inverse Hessian ({args.activation}, full "
              f"batch; D from {args.samples} Hessian-vector products, λ = {args.damping:g} x mean D)")
-    return run_experiment(name, title, args, argv, variants(refreshes, args.budget, args.adam_lr), idea="diagonal",
+    return run_experiment("equilibrated_lbfgs", title, args, argv, variants(refreshes, args.budget, args.adam_lr), idea="diagonal",
                           optimizers={"equilibrated": LocalOptimizer("lbfgs", equilibrated)})  # fmt: skip
 
 

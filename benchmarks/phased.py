@@ -210,6 +210,8 @@ def experiment_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--peers", default="",
                         help="peer optimizers raced beside the idea, NAME@LR,... (their board's sweep winners), e.g. "
                              "soap@3e-4,muon@9.5e-4")
+    parser.add_argument("--results-name", help="write benchmarks/results/NAME.{md,json} (default: the experiment's "
+                                               "module name), to keep another run's results beside it")
     parser.add_argument("--smoke", action="store_true", help="tiny photos and budget, results to a temporary folder")
     return parser
 
@@ -230,15 +232,18 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: dict[s
 def run_experiment(name: str, title: str, args: argparse.Namespace, argv: list[str] | None, variants: list[Variant],
                    idea: str, optimizers: Mapping[str, LocalOptimizer] = {}) -> dict[str, Any]:  # fmt: skip
     """Race ``variants`` and the --peers on the race photos, judge ``idea`` against plain L-BFGS, and write
-    ``benchmarks/results/NAME.{md,json}`` (a temporary folder under --smoke)."""
+    ``benchmarks/results/NAME.{md,json}`` (``--results-name`` instead of the module's NAME; a temporary folder under
+    --smoke)."""
     variants = [*variants, *args.peers]
+    results_name = args.results_name or name
     settings = {"budget": args.budget, "size": args.size, "activation": args.activation, "compile": args.compile == "on"}
-    raced = race(variants, list(RACE_PHOTOS), experiment=name, optimizers=optimizers, **settings)
+    raced = race(variants, list(RACE_PHOTOS), experiment=results_name, optimizers=optimizers, **settings)
     command = " ".join([f"python -m benchmarks.{name}", *(argv if argv is not None else sys.argv[1:])])
     report = {"photos": list(RACE_PHOTOS), **settings, "adam_lr": args.adam_lr, "machine": machine_facts(),
               "verdict": verdict(raced, reference="lbfgs", idea=idea), "command": command, "variants": raced}  # fmt: skip
     text = markdown(report, title, f"Adam at lr {args.adam_lr:g}")
-    write_results(name, report, text, Path(tempfile.mkdtemp(prefix=f"{name}-")) if args.smoke else RESULTS)
+    write_results(results_name, report, text,
+                  Path(tempfile.mkdtemp(prefix=f"{results_name}-")) if args.smoke else RESULTS)
     print(text)
     return report
 

@@ -163,7 +163,7 @@ READERS: tuple[tuple[str, Callable[[Results, str], Results]], ...] = (
     ("many_fields", shallow("machine", "runs")),
     ("leaderboard*", shallow("machine", "sweep", "boards")),
     ("adam_then_lbfgs", shallow("machine", "variants", "verdict")),
-    ("coarse_to_fine", shallow("machine", "variants", "verdict")),
+    ("coarse_to_fine*", shallow("machine", "variants", "verdict")),
     ("equilibrated_lbfgs*", shallow("machine", "variants", "verdict")),
     ("gpu_suite", shallow("machine", "steps")),
 )
