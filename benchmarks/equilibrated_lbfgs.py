@@ -71,8 +71,7 @@ class EquilibratedLBFGS(torch.optim.Optimizer):
         """``closure`` at θ = φ ⊙ s, its gradient carried to φ (∂L/∂φ = s ⊙ ∂L/∂θ)."""
 
         def rescaled(*nets: Tensor) -> Tensor:
-            with torch.no_grad():  # L-BFGS evaluates with gradients on
-                torch._foreach_copy_(self._params, torch._foreach_mul(self._phis, self._scales))
+            self._write_params()
             loss = closure(*nets)
             for phi, param, scale in zip(self._phis, self._params, self._scales):
                 phi.grad = param.grad * scale
@@ -87,9 +86,13 @@ class EquilibratedLBFGS(torch.optim.Optimizer):
         if self._wrapped[0] is not closure:  # one wrapper per closure, so L-BFGS reuses the last step's evaluation
             self._wrapped = (closure, self._rescaled(closure))
         loss = self._inner.step(self._wrapped[1])
-        # The line search may end on a point it evaluated before the last one.
-        torch._foreach_copy_(self._params, torch._foreach_mul(self._phis, self._scales))
+        self._write_params()  # the line search may end on a point it evaluated before the last one
         return loss
+
+    @torch.no_grad()  # L-BFGS evaluates its closure with gradients on
+    def _write_params(self) -> None:
+        """θ = φ ⊙ s into the field's parameters."""
+        torch._foreach_copy_(self._params, torch._foreach_mul(self._phis, self._scales))
 
 
 def variants(refreshes: list[float], budget: float, adam_lr: float) -> list[Variant]:

@@ -109,7 +109,7 @@ def fit(name: str, variant: Variant, *, budget: float, size: int, activation: st
         signal = signals[phase.size or size]
         options = dataclasses.replace(loop_options(config), time_budget=seconds)
         if phase.optim in optimizers:
-            coords, targets = signal.batch(torch.arange(signal.num_samples, device=signal.device))
+            coords, targets = signal.batch(None)
             optimizer = optimizers[phase.optim].build(field, lambda: signal.loss(field(coords), targets), phase.lr)
         else:
             optimizer = build_optimizer(phase.optim, field, lr=phase.lr)
