@@ -55,6 +55,7 @@ LR_GRIDS: dict[str, tuple[float | None, ...]] = {
     "psgd": (1e-4, 3e-4, 1e-3, 3e-3),
     "esgd": (0.05, 0.15, 0.5),
     "lbfgs": (None,),
+    "lbfgs-eq": (None,),  # added after the committed boards; equilibrated_lbfgs_gauss_peers.md races it with peers
     "torch-lbfgs": (None,),
     "lm": (None,),
 }
@@ -67,7 +68,7 @@ TIE_DB = 0.1
 """Optimizers whose mean PSNR at Adam's time is within this of the winner's share the verdict (run-to-run noise)."""
 STEADY_FROM_STEP = 100
 """Step costs are compared from this step on, after ESGD's warm-up (50 steps that each estimate curvature)."""
-OURS = ("lbfgs", "esgd")
+OURS = ("lbfgs", "lbfgs-eq", "esgd")
 """This project's optimizers in the race; the verdict table names the best of the others beside the winner."""
 
 

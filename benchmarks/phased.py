@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import sys
 import tempfile
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,7 +34,8 @@ from fitters.build import build_components, build_sampler, loop_options
 from fitters.config import apply_threads, fit_to_signal
 from fitters.loop import FitLoop, make_predict
 from fitters.signals import Signal
-from nf_precond.optim import OPTIMIZERS, build_optimizer
+from nf_precond.nn import CompiledField
+from nf_precond.optim import OPTIMIZERS, build_optimizer, needs_graph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,31 +70,19 @@ def parse_peers(text: str) -> list[Variant]:
     return peers
 
 
-@dataclasses.dataclass(frozen=True)
-class LocalOptimizer:
-    """An experiment's own optimizer, not in the registry."""
-
-    like: str
-    """The registered optimizer whose run settings (batch, compile) it trains under."""
-    build: Callable[[torch.nn.Module, Callable[[], torch.Tensor], float], torch.optim.Optimizer]
-    """(eager field, the phase's full-batch loss, lr) -> the optimizer."""
-
-
 def scored(signal: Signal, predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
     return {**signal.evaluate(predict), "eval_samples": signal.num_eval_samples}
 
 
-def fit(name: str, variant: Variant, *, budget: float, size: int, activation: str, compile: bool,
-        optimizers: Mapping[str, LocalOptimizer] = {}) -> dict[str, Any]:  # fmt: skip
+def fit(name: str, variant: Variant, *, budget: float, size: int, activation: str, compile: bool) -> dict[str, Any]:
     """One run of ``variant`` on photo ``name``: the phases' curves joined into one (each shifted by the time, steps
-    and closure evaluations before it), a smaller-size phase collapsed to one record scored on the full photo.
-    A phase whose optimizer is named in ``optimizers`` builds it there (on the clock), else from the registry."""
+    and closure evaluations before it), a smaller-size phase collapsed to one record scored on the full photo."""
     signals = {side: photo(name, side) for side in {size, *(phase.size or size for phase in variant.phases)}}
     target = signals[size]
     base = base_config(PHOTOS / name, "full", activation, budget, size)
     first = variant.phases[0]
-    spec = RunSpec(variant.label, optimizers[first.optim].like if first.optim in optimizers else first.optim, first.lr)
-    config = dataclasses.replace(fit_to_signal(run_config(base, spec), target), compile="on" if compile else "off")
+    config = dataclasses.replace(fit_to_signal(run_config(base, RunSpec(variant.label, first.optim, first.lr)), target),
+                                 compile="on" if compile else "off")
     apply_threads(config)
     # The field nf-fit would start from, compiled (before the clock) for every size the phases train on.
     model, _, _ = build_components(config, target, [signal for signal in signals.values() if signal is not target])
@@ -108,11 +98,9 @@ def fit(name: str, variant: Variant, *, budget: float, size: int, activation: st
             continue
         signal = signals[phase.size or size]
         options = dataclasses.replace(loop_options(config), time_budget=seconds)
-        if phase.optim in optimizers:
-            coords, targets = signal.batch(None)
-            optimizer = optimizers[phase.optim].build(field, lambda: signal.loss(field(coords), targets), phase.lr)
-        else:
-            optimizer = build_optimizer(phase.optim, field, lr=phase.lr)
+        optimizer = build_optimizer(phase.optim, field, lr=phase.lr)
+        if isinstance(model, CompiledField):  # eager on this phase's curvature steps, not build_components' optimizer's
+            model.eager_when = functools.partial(needs_graph, optimizer)
         outcome = FitLoop(signal, model, optimizer, build_sampler(config, signal), options).run()
         history = outcome.history
         if signal is not target:
@@ -124,8 +112,7 @@ def fit(name: str, variant: Variant, *, budget: float, size: int, activation: st
     return {"steps": steps, "time_s": time_s, "closure_evals": evals, "final_psnr": curve[-1]["psnr"], "curve": curve}
 
 
-def race(variants: list[Variant], photos: list[str], *, experiment: str, optimizers: Mapping[str, LocalOptimizer] = {},
-         **settings: Any) -> list[dict[str, Any]]:  # fmt: skip
+def race(variants: list[Variant], photos: list[str], *, experiment: str, **settings: Any) -> list[dict[str, Any]]:
     """Every variant on every photo (``settings``: ``fit``'s keywords), each run scored against the first variant's
     final PSNR on that photo; a variant's median speed-up counts a photo where it never reaches the target as 0."""
     results = [{"label": variant.label, "phases": [dataclasses.asdict(phase) for phase in variant.phases],
@@ -134,7 +121,7 @@ def race(variants: list[Variant], photos: list[str], *, experiment: str, optimiz
         baseline = None
         for variant, result in zip(variants, results):
             print(f"{experiment}: {name} {variant.label}", file=sys.stderr, flush=True)
-            run = fit(name, variant, optimizers=optimizers, **settings)
+            run = fit(name, variant, **settings)
             baseline = baseline or run
             target = baseline["final_psnr"]
             reached_s = metrics.first_crossing(run["curve"], "psnr", target, "time_s")
@@ -230,14 +217,14 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: dict[s
 
 
 def run_experiment(name: str, title: str, args: argparse.Namespace, argv: list[str] | None, variants: list[Variant],
-                   idea: str, optimizers: Mapping[str, LocalOptimizer] = {}) -> dict[str, Any]:  # fmt: skip
+                   idea: str) -> dict[str, Any]:
     """Race ``variants`` and the --peers on the race photos, judge ``idea`` against plain L-BFGS, and write
     ``benchmarks/results/NAME.{md,json}`` (``--results-name`` instead of the module's NAME; a temporary folder under
     --smoke)."""
     variants = [*variants, *args.peers]
     results_name = args.results_name or name
     settings = {"budget": args.budget, "size": args.size, "activation": args.activation, "compile": args.compile == "on"}
-    raced = race(variants, list(RACE_PHOTOS), experiment=results_name, optimizers=optimizers, **settings)
+    raced = race(variants, list(RACE_PHOTOS), experiment=results_name, **settings)
     command = " ".join([f"python -m benchmarks.{name}", *(argv if argv is not None else sys.argv[1:])])
     report = {"photos": list(RACE_PHOTOS), **settings, "adam_lr": args.adam_lr, "machine": machine_facts(),
               "verdict": verdict(raced, reference="lbfgs", idea=idea), "command": command, "variants": raced}  # fmt: skip
@@ -248,5 +235,5 @@ def run_experiment(name: str, title: str, args: argparse.Namespace, argv: list[s
     return report
 
 
-__all__ = ["LocalOptimizer", "Phase", "Variant", "experiment_parser", "fit", "parse", "parse_peers", "race",
+__all__ = ["Phase", "Variant", "experiment_parser", "fit", "parse", "parse_peers", "race",
            "run_experiment", "verdict"]

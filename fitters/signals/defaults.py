@@ -25,9 +25,11 @@ class SignalDefaults:
     """Overrides of ``settings`` for one optimizer name (L-BFGS takes fewer, costlier steps)."""
 
     def for_optimizer(self, optim: str) -> dict[str, Any]:
-        return {**self.settings, **self.per_optimizer.get(optim, {})}
+        return {**self.settings, **self.per_optimizer.get(SETTINGS_OF.get(optim, optim), {})}
 
 
+SETTINGS_OF = {"lbfgs-eq": "lbfgs"}
+"""Optimizers that train with another one's per-signal settings (the same method with another start)."""
 LBFGS_STEPS = {"steps": 300}
 """Paper 1 compares L-BFGS after far fewer iterations than Adam: each one runs a line search over the full batch."""
 
@@ -80,7 +82,8 @@ def defaults_help() -> str:
         settings = ", ".join(f"{key} {_text(value)}" for key, value in defaults.settings.items())
         lines.append(f"  {kind}: {settings}")
         for optim, overrides in defaults.per_optimizer.items():
-            lines.append(f"    --optim {optim}: " + ", ".join(f"{key} {_text(value)}" for key, value in overrides.items()))
+            names = " / ".join([optim, *(alias for alias, like in SETTINGS_OF.items() if like == optim)])
+            lines.append(f"    --optim {names}: " + ", ".join(f"{key} {_text(value)}" for key, value in overrides.items()))
     return "\n".join(lines)
 
 

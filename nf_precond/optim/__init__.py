@@ -77,6 +77,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             full_batch=True,
         ),
     ),
+    # L-BFGS started from ESGD's equilibration diagonal: ahead of plain L-BFGS on Gaussian fields, not on sine ones.
+    "lbfgs-eq": OptimizerSpec(
+        "nf_precond.optim.equilibrated_lbfgs", "EquilibratedLBFGS", {"lr": 1.0, "samples": 10, "damping": 1e-2},
+        full_batch=True,
+    ),
     # Peers a neural-field researcher would try. Muon splits the network's Linear layers, so it is built from the
     # model; soap and psgd are heavyball's (the peers extra); lm needs residuals (make_closure's compute_residuals).
     "muon": OptimizerSpec(
