@@ -33,13 +33,28 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 @contextlib.contextmanager
 def exit_on_interrupt(prog: str) -> Iterator[None]:
-    """Around an entry module's imports: Ctrl-C or SIGTERM there ends the process with one line and exit 130."""
-    with terminate_as_interrupt():
-        try:
-            yield
-        except KeyboardInterrupt:
-            print(f"{prog}: interrupted while starting; nothing was written", file=sys.stderr)
-            raise SystemExit(EXIT_INTERRUPTED) from None
+    """Around an entry module's imports: Ctrl-C or SIGTERM there ends the process with one line and exit 130.
+
+    The signal is also remembered, not only raised: an imported library that catches every exception would
+    otherwise swallow the ``KeyboardInterrupt`` and the command would run on as if never interrupted."""
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    except KeyboardInterrupt:
+        received.append(signal.SIGINT)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        print(f"{prog}: interrupted while starting; nothing was written", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED)
 
 
 def run_cli(prog: str, command: Callable[[list[str]], int], argv: Sequence[str] | None, *, interrupted: str) -> int:

@@ -255,6 +255,24 @@ def test_an_interrupt_while_importing_is_one_line(tmp_path: Path, photo_path: Pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_that_an_import_swallows_still_stops_the_start(signum: int, capsys: pytest.CaptureFixture) -> None:
+    """A library that catches every exception while it imports must not turn an interrupt into a run."""
+    from fitters.cli import exit_on_interrupt
+
+    handlers = {each: signal.getsignal(each) for each in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(SystemExit) as stopped:
+        with exit_on_interrupt("nf-fit"):
+            try:
+                os.kill(os.getpid(), signum)
+                time.sleep(10)  # the handler interrupts this
+            except BaseException:  # what a catch-all import does
+                pass
+    assert stopped.value.code == EXIT_INTERRUPTED
+    assert_one_clean_line(capsys.readouterr().err, "nf-fit: interrupted while starting")
+    assert {each: signal.getsignal(each) for each in handlers} == handlers  # the handlers it found are back
+
+
 def test_sigterm_while_loading_is_one_line(tmp_path: Path, photo_path: Path, capsys: pytest.CaptureFixture,
                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import fitters.cli.fit as fit_module
