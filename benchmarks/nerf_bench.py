@@ -29,11 +29,15 @@ at equal iterations. Reported:
   amortized) over gauss-adam's, on the same step range;
 - one held-out view rendered by every method at equal time, beside the ground truth (PNG).
 
+`--sweep gauss-esgd@0.1,gauss-esgd@0.3,gauss-esgd@1` trains only those runs (each at that lr, its lr schedule's
+final lr scaled with it) beside the method's first baseline (gauss-adam), all in one run, and reports the tables
+above without the targets (default name `nerf_bench_sweep`): a learning-rate sweep for the method.
+
 Results go to `--out` (default benchmarks/results) as `<name>.md`, `<name>.json` and `<name>_test_view.png`.
 `--smoke` runs a tiny scene for seconds per method (ESGD's warm-up shortened so the step-cost path runs) and writes
 to a fresh temporary folder unless `--out` is given: it proves the script works and measures nothing.
 
-Run: `python -m benchmarks.nerf_bench [--minutes 20] [--device cpu|cuda]`.
+Run: `python -m benchmarks.nerf_bench [--minutes 20] [--device cpu|cuda] [--sweep METHOD@LR,...]`.
 """
 
 from __future__ import annotations
@@ -149,13 +153,20 @@ def vanilla_nerf_config(data: Path, output_dir: Path, device: str, rays: int, sm
     return config
 
 
-def method_config(name: str, data: Path, output_dir: Path, args: argparse.Namespace, rays: int) -> TrainerConfig:
-    """The config `name` trains with in this benchmark: the ns-train method (or vanilla-nerf) at `rays` per batch."""
+def method_config(name: str, data: Path, output_dir: Path, args: argparse.Namespace, rays: int,
+                  lr: Optional[float] = None) -> TrainerConfig:  # fmt: skip
+    """The config `name` trains with in this benchmark: the ns-train method (or vanilla-nerf) at `rays` per batch;
+    `lr` replaces the method's lr and scales its schedule's final lr with it."""
     if name == "vanilla-nerf":
         return vanilla_nerf_config(data, output_dir, args.device, rays, args.smoke)
     hierarchical = name.startswith(("gauss", "sine"))
     config = configure(name, data, output_dir, device=args.device, rays=rays, samples=args.samples,
                        importance_samples=args.importance_samples if hierarchical else None)  # fmt: skip
+    if lr is not None:
+        fields = config.optimizers["fields"]
+        if fields["scheduler"] is not None:
+            fields["scheduler"].lr_final *= lr / fields["optimizer"].lr
+        fields["optimizer"].lr = lr
     if args.smoke:
         optimizer = config.optimizers["fields"]["optimizer"]
         if optimizer.name == "esgd":
@@ -310,11 +321,14 @@ def targets(runs: Dict[str, Run], rows: list[dict], cost: dict) -> list[tuple[st
     ]  # fmt: skip
 
 
-def markdown(settings: dict, runs: Dict[str, Run], rows: list[dict], cost: dict, render_name: str) -> str:
+def markdown(settings: dict, runs: Dict[str, Run], rows: list[dict], cost: Optional[dict], render_name: str) -> str:
+    """The report; `cost` None: a --sweep, reported without the step cost and the targets."""
     has_lpips = any(run.equal_time.lpips is not None for run in runs.values())
     minutes = f"{settings['minutes']:g}"
+    title = ("NeRF learning-rate sweep (nerfstudio plugin), beside the Adam baseline" if cost is None else
+             "NeRF benchmark: curvature-aware optimizers vs Adam and vanilla-nerf (nerfstudio plugin)")
     lines = [
-        "# NeRF benchmark: curvature-aware optimizers vs Adam and vanilla-nerf (nerfstudio plugin)", "",
+        f"# {title}", "",
         f"Command: `{settings['command']}`", "",
         f"Scene: rendered forward-facing scene, {settings['views']} views at {settings['height']}x{settings['width']}, "
         f"every 8th held out (test views: {settings['test_views']}); {minutes} min of training per method on "
@@ -349,6 +363,9 @@ def markdown(settings: dict, runs: Dict[str, Run], rows: list[dict], cost: dict,
         lines.append(f"| {row['method']} | {row['baseline']} | {equal['iterations']} | {fmt(mine.get('psnr'))} / "
                      f"{equal['baseline']['psnr']:.2f} | {fmt(mine.get('ssim'), 3)} / "
                      f"{equal['baseline']['ssim']:.3f} |")  # fmt: skip
+    view = ["", f"One held-out view at equal time, ground truth first: ![test view]({render_name})", ""]
+    if cost is None:
+        return "\n".join(lines + view)
     if cost["ratio"] is None:
         cost_line = (f"Not measured: the runs took {cost['to_step']} steps, no more than ESGD's warm-up of "
                      f"{cost['from_step']}.")  # fmt: skip
@@ -361,8 +378,7 @@ def markdown(settings: dict, runs: Dict[str, Run], rows: list[dict], cost: dict,
               "|---|---|---|"]  # fmt: skip
     for what, measured, met in targets(runs, rows, cost):
         lines.append(f"| {what} | {measured} | {verdict(met)} |")
-    lines += ["", f"One held-out view at equal time, ground truth first: ![test view]({render_name})", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + view)
 
 
 def side_by_side(truth: np.ndarray, renders: Dict[str, np.ndarray]) -> Image.Image:
@@ -383,6 +399,42 @@ def side_by_side(truth: np.ndarray, renders: Dict[str, np.ndarray]) -> Image.Ima
     return sheet
 
 
+Plan = list[tuple[str, str, Optional[float]]]
+"""(run label, method, lr or None for the method's own) in training order."""
+
+
+def full_plan() -> tuple[Plan, tuple[tuple[str, str], ...]]:
+    """Every baseline, then every method, at their own lrs; the pairs of the table above."""
+    return [(name, name, None) for name in BASELINES + METHODS], PAIRS
+
+
+def parse_sweep(text: str) -> list[tuple[str, float]]:
+    """``"gauss-esgd@0.1,gauss-esgd@0.3"`` -> [(method, lr), ...] (an argparse type: a bad item is one error line)."""
+    runs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        method, _, lr = item.partition("@")
+        if method not in METHODS:
+            raise argparse.ArgumentTypeError(f"{method!r} is not a benchmarked method; choose from {', '.join(METHODS)}")
+        try:
+            runs.append((method, float(lr)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not METHOD@LR (for example gauss-esgd@0.3)") from None
+        if not runs[-1][1] > 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: the lr must be > 0")
+    if not runs:
+        raise argparse.ArgumentTypeError("name at least one METHOD@LR")
+    return runs
+
+
+def sweep_plan(sweep: list[tuple[str, float]]) -> tuple[Plan, tuple[tuple[str, str], ...]]:
+    """Each swept method's first baseline at its own lr, then every METHOD@LR run, each paired with that baseline."""
+    baseline_of = {method: next(b for m, b in PAIRS if m == method) for method, _ in sweep}
+    baselines = list(dict.fromkeys(baseline_of.values()))
+    runs = [(f"{method}@{lr:g}", method, lr) for method, lr in sweep]
+    return ([(b, b, None) for b in baselines] + runs,
+            tuple((label, baseline_of[method]) for label, method, _ in runs))  # fmt: skip
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.nerf_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall time per method (default 20)")
@@ -399,7 +451,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--height", type=int, default=120, help="image height (default: 480 / 4)")
     parser.add_argument("--width", type=int, default=160, help="image width (default: 640 / 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--name", default=None, help="results file stem (default nerf_bench, smoke: nerf_bench_smoke)")
+    parser.add_argument("--sweep", type=parse_sweep, default=None, metavar="METHOD@LR,...",
+                        help="train only these runs beside the method's Adam baseline, each at that lr (its "
+                             "schedule's final lr scaled with it), e.g. gauss-esgd@0.1,gauss-esgd@0.3,gauss-esgd@1")
+    parser.add_argument("--name", default=None, help="results file stem (default nerf_bench, --sweep: "
+                        "nerf_bench_sweep; --smoke adds _smoke)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; smoke: "
                         "a new temporary folder)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="seconds per method on a tiny scene (proves it runs)")
@@ -408,7 +464,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         args.minutes = 2.0 / 60
         args.views, args.height, args.width = 8, 24, 32
         args.rays, args.samples, args.importance_samples = 16, 4, 4
-    name = args.name or ("nerf_bench_smoke" if args.smoke else "nerf_bench")
+    name = args.name or ("nerf_bench_sweep" if args.sweep else "nerf_bench") + ("_smoke" if args.smoke else "")
     out = args.out or (Path(tempfile.mkdtemp(prefix="nerf_bench_smoke-")) if args.smoke else RESULTS)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -425,18 +481,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         scene = render_llff(Path(workdir) / "scene", num_views=args.views, height=args.height, width=args.width,
                             downscale_factors=())  # fmt: skip
-        for method in BASELINES + METHODS:
-            keep_at = {runs[b].iterations for m, b in PAIRS if m == method}
-            config = method_config(method, scene.root, Path(workdir) / "runs", args, rays)
-            runs[method], renders[method] = train(method, config, budget_s, keep_at, budget_s * (1 + args.max_extra),
-                                                  lpips)  # fmt: skip
-            run = runs[method]
-            print(f"{method}: {run.iterations} iterations, {run.mean_step_seconds:.3f} s/it, train PSNR "
+        plan, pairs = sweep_plan(args.sweep) if args.sweep else full_plan()
+        for label, method, lr in plan:
+            keep_at = {runs[b].iterations for m, b in pairs if m == label}
+            config = method_config(method, scene.root, Path(workdir) / "runs", args, rays, lr)
+            runs[label], renders[label] = train(label, config, budget_s, keep_at, budget_s * (1 + args.max_extra),
+                                                lpips)  # fmt: skip
+            run = runs[label]
+            print(f"{label}: {run.iterations} iterations, {run.mean_step_seconds:.3f} s/it, train PSNR "
                   f"{run.train_psnr[-1]:.2f}, test PSNR {run.equal_time.psnr:.2f}", flush=True)  # fmt: skip
         # View 0 is the first held-out view (llffhold: 0, 8, 16, ...), the one `evaluate` returns the render of.
         truth = np.asarray(Image.open(scene.image_paths[0]), dtype=np.float64)[..., :3] / 255.0
-    rows = [compare(runs[method], runs[baseline]) for method, baseline in PAIRS]
-    cost = step_cost(runs["gauss-esgd"], runs["gauss-adam"])
+    rows = [compare(runs[method], runs[baseline]) for method, baseline in pairs]
+    cost = None if args.sweep else step_cost(runs["gauss-esgd"], runs["gauss-adam"])
     command = "python -m benchmarks.nerf_bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     settings = {"command": command.strip(), "minutes": args.minutes, "device": args.device, "rays": rays,
                 "samples": args.samples, "importance_samples": args.importance_samples, "views": args.views,
@@ -450,8 +507,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     with atomic_path(out / render_name) as temporary:
         temporary.write_bytes(buffer.getvalue())
     payload = {"settings": settings, "comparisons": rows, "step_cost": cost,
-               "targets": [{"target": what, "measured": measured, "met": met}
-                           for what, measured, met in targets(runs, rows, cost)],
+               "targets": [] if cost is None else [{"target": what, "measured": measured, "met": met}
+                                                   for what, measured, met in targets(runs, rows, cost)],
                "seconds_per_iteration": {name: run.mean_step_seconds for name, run in runs.items()},
                "runs": {name: asdict(run) for name, run in runs.items()}}  # fmt: skip
     atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=1))
