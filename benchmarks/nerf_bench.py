@@ -43,6 +43,7 @@ Run: `python -m benchmarks.nerf_bench [--minutes 20] [--device cpu|cuda] [--swee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import json
@@ -53,7 +54,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 from unittest import mock
 
 import numpy as np
@@ -63,6 +64,7 @@ from PIL import Image, ImageDraw
 from nerfstudio.configs.method_configs import method_configs
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.vanilla_nerf import NeRFModel
+from nerfstudio.utils import writer as event_writers
 
 from benchmarks.common import RESULTS, machine_facts
 from nerfstudio_plugin.dataparsers import AutoDataParserConfig
@@ -200,6 +202,20 @@ def evaluate(name: str, trainer: Any, iterations: int, lpips: Optional[Callable]
     pipeline.train()
     mean_lpips = float(np.mean(lpipses)) if lpipses else None
     return Evaluation(iterations, float(np.mean(psnrs)), float(np.mean(ssims)), mean_lpips), first
+
+
+@contextlib.contextmanager
+def own_event_writers() -> Iterator[None]:
+    """nerfstudio keeps every trainer's event writers in a module-level list: close and drop the ones a run added
+    when it ends, so later runs and later callers do not write into its (deleted) folder."""
+    kept = list(event_writers.EVENT_WRITERS)
+    try:
+        yield
+    finally:
+        for added in event_writers.EVENT_WRITERS[len(kept):]:
+            if hasattr(added, "tb_writer"):
+                added.tb_writer.close()
+        event_writers.EVENT_WRITERS[:] = kept
 
 
 def train(name: str, config: Any, budget_s: float, keep_at: set[int], max_s: float,
@@ -485,8 +501,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         for label, method, lr in plan:
             keep_at = {runs[b].iterations for m, b in pairs if m == label}
             config = method_config(method, scene.root, Path(workdir) / "runs", args, rays, lr)
-            runs[label], renders[label] = train(label, config, budget_s, keep_at, budget_s * (1 + args.max_extra),
-                                                lpips)  # fmt: skip
+            with own_event_writers():
+                runs[label], renders[label] = train(label, config, budget_s, keep_at,
+                                                    budget_s * (1 + args.max_extra), lpips)  # fmt: skip
             run = runs[label]
             print(f"{label}: {run.iterations} iterations, {run.mean_step_seconds:.3f} s/it, train PSNR "
                   f"{run.train_psnr[-1]:.2f}, test PSNR {run.equal_time.psnr:.2f}", flush=True)  # fmt: skip

@@ -1,4 +1,5 @@
-"""The NeRF benchmark's learning-rate sweep: its flag, its plan, the lr it trains with, and a tiny sweep end to end."""
+"""The NeRF benchmark's learning-rate sweep: its flag, its plan, the lr it trains with, and a tiny sweep end to end
+(which leaves nerfstudio's global event writers as it found them)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def test_a_swept_lr_scales_the_schedule_with_it(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_tiny_sweep_writes_one_comparison_per_run(tmp_path: Path) -> None:
+    writers = list(nerf_bench.event_writers.EVENT_WRITERS)
     nerf_bench.main(["--smoke", "--sweep", "gauss-esgd@0.3", "--out", str(tmp_path)])
+    assert nerf_bench.event_writers.EVENT_WRITERS == writers  # no writer left on the deleted scene folder
     report = json.loads((tmp_path / "nerf_bench_sweep_smoke.json").read_text())
     assert [(row["method"], row["baseline"]) for row in report["comparisons"]] == [("gauss-esgd@0.3", "gauss-adam")]
     assert set(report["runs"]) == {"gauss-adam", "gauss-esgd@0.3"}
