@@ -105,17 +105,15 @@ def hessian_eigenvalues(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> torc
 
 
 def _mean_over_samples(
-    loss_fn: LossFn,
+    grads: Sequence[torch.Tensor],
     params: Sequence[torch.Tensor],
     samples: int,
     generator: torch.Generator | None,
     statistic: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> list[torch.Tensor]:
-    """Mean of ``statistic(v, Hv)`` over ``samples`` Rademacher vectors, sharing one gradient graph."""
+    """Mean of ``statistic(v, Hv)`` over ``samples`` Rademacher vectors, all from the one gradient graph ``grads``."""
     if not (isinstance(samples, int) and samples >= 1):
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-    params = list(params)
-    grads = _grads_with_graph(loss_fn, params)
     totals = [torch.zeros_like(p) for p in params]
     for index in range(samples):
         vectors = rademacher_like(params, generator)
@@ -130,7 +128,8 @@ def hutchinson_diagonal(
 ) -> list[torch.Tensor]:
     """Hutchinson's estimate of ``diag H``: the mean of ``v ⊙ Hv`` over ``samples`` Rademacher vectors (unbiased;
     the error of entry i shrinks like ``sqrt(Σ_{j≠i} H_ij² / samples)``)."""
-    return _mean_over_samples(loss_fn, params, samples, generator, lambda v, hv: v * hv)
+    params = list(params)
+    return _mean_over_samples(_grads_with_graph(loss_fn, params), params, samples, generator, lambda v, hv: v * hv)
 
 
 def equilibration_diagonal(
@@ -138,7 +137,19 @@ def equilibration_diagonal(
 ) -> list[torch.Tensor]:
     """The equilibration preconditioner ``D^E_i ≈ ‖H_i,·‖₂``: ``sqrt`` of the mean of ``(Hv)²`` over ``samples``
     Rademacher vectors (the mean of squares is unbiased for the squared row norm)."""
-    squares = _mean_over_samples(loss_fn, params, samples, generator, lambda v, hv: hv.square())
+    params = list(params)
+    return equilibration_diagonal_of_grads(_grads_with_graph(loss_fn, params), params, samples, generator)
+
+
+def equilibration_diagonal_of_grads(
+    grads: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    samples: int = 100,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """``equilibration_diagonal`` from gradients already back-propagated with ``create_graph=True`` (an optimizer's
+    closure call), so the loss is not evaluated again; the graph is freed after the last sample."""
+    squares = _mean_over_samples(grads, params, samples, generator, lambda v, hv: hv.square())
     return [s.sqrt() for s in squares]
 
 
@@ -172,6 +183,7 @@ __all__ = [
     "HvpSparsity",
     "dense_hessian",
     "equilibration_diagonal",
+    "equilibration_diagonal_of_grads",
     "hessian_eigenvalues",
     "hutchinson_diagonal",
     "hvp",

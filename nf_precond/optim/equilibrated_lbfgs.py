@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from nf_precond.checks import require_int_at_least, require_positive
-from nf_precond.curvature import hvp, rademacher_like
+from nf_precond.curvature import equilibration_diagonal_of_grads
 from nf_precond.optim.lbfgs import LBFGS
 
 
@@ -75,15 +75,12 @@ class EquilibratedLBFGS(LBFGS):
         loss, _ = self._evaluate_at_start(closure)  # refuses a non-finite loss or gradient
         params = self._params
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        squares = [torch.zeros_like(p) for p in params]
         with torch.enable_grad():
-            for index in range(self._samples):
-                products = hvp(grads, params, rademacher_like(params), retain_graph=index < self._samples - 1)
-                torch._foreach_add_(squares, torch._foreach_mul(products, products))
-        for p in params:  # frees the double-backward graph now
+            diagonal = equilibration_diagonal_of_grads(grads, params, self._samples)
+        for p in params:  # the gradients no longer hold the double-backward graph
             if p.grad is not None:
                 p.grad = p.grad.detach()
-        diagonal = torch.cat([s.reshape(1, -1) for s in squares], dim=1).div_(self._samples).sqrt_()
+        diagonal = torch.cat([d.reshape(1, -1) for d in diagonal], dim=1)
         inverse = (diagonal + self._damping * diagonal.mean()).reciprocal_()
         self._state()["scales"] = inverse.div_(inverse.mean()).sqrt_()
         self._remember_start(closure, loss, self._flat_grad())
