@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import statistics
 import sys
 import tempfile
@@ -31,11 +30,11 @@ from benchmarks.leaderboard import PHOTOS, RACE_PHOTOS, REGIMES, base_config, ph
 from fitters import metrics
 from fitters.bench import RunSpec, run_config
 from fitters.build import build_components, build_sampler, loop_options
+from fitters.compile import follow_optimizer
 from fitters.config import apply_threads, fit_to_signal
 from fitters.loop import FitLoop, make_predict
 from fitters.signals import Signal
-from nf_precond.nn import CompiledField
-from nf_precond.optim import OPTIMIZERS, build_optimizer, needs_graph
+from nf_precond.optim import OPTIMIZERS, build_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +98,7 @@ def fit(name: str, variant: Variant, *, budget: float, size: int, activation: st
         signal = signals[phase.size or size]
         options = dataclasses.replace(loop_options(config), time_budget=seconds)
         optimizer = build_optimizer(phase.optim, field, lr=phase.lr)
-        if isinstance(model, CompiledField):  # eager on this phase's curvature steps, not build_components' optimizer's
-            model.eager_when = functools.partial(needs_graph, optimizer)
+        follow_optimizer(model, optimizer)  # eager on this phase's curvature steps, not build_components' optimizer's
         outcome = FitLoop(signal, model, optimizer, build_sampler(config, signal), options).run()
         history = outcome.history
         if signal is not target:

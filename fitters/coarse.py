@@ -15,6 +15,7 @@ import dataclasses
 import sys
 
 from fitters.build import build_sampler, loop_options
+from fitters.compile import follow_optimizer
 from fitters.config import FitConfig, parse_coarse
 from fitters.loop import FitLoop
 from fitters.signals import Signal, load_signal
@@ -62,8 +63,13 @@ def fit_coarse(config: FitConfig, loop: FitLoop, copies: list[tuple[Signal, floa
     records = []
     for copy, seconds in copies:
         optimizer = build_optimizer(config.optim, field, lr=config.lr)
+        follow_optimizer(loop.model, optimizer)
         options = dataclasses.replace(loop_options(config), time_budget=seconds, target=None)
-        outcome = FitLoop(copy, loop.model, optimizer, build_sampler(config, copy), options, progress=progress).run()
+        phase = FitLoop(copy, loop.model, optimizer, build_sampler(config, copy), options, progress=progress)
+        try:
+            outcome = phase.run()
+        finally:
+            follow_optimizer(loop.model, loop.optimizer)
         if outcome.status == "interrupted":
             raise KeyboardInterrupt
         if outcome.status == "diverged":

@@ -7,13 +7,14 @@ run is long enough to repay it (``AUTO_MIN_POINT_STEPS``) and the optimizer allo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 
 from fitters.config import FitConfig
 from fitters.signals import Signal
-from nf_precond.nn import AUTO_MIN_POINT_STEPS, compiled_field
+from nf_precond.nn import AUTO_MIN_POINT_STEPS, CompiledField, compiled_field
 from nf_precond.optim import OPTIMIZERS, needs_graph
 
 AUTO_MIN_BUDGET_S = 60.0
@@ -51,5 +52,12 @@ def compile_field(model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
                 with torch.no_grad():
                     field(each.coords_at(torch.arange(min(config.eval_chunk, each.num_samples), device=each.device)))
 
-    return compiled_field(model, warm_up, signal.device, eager_when=lambda: needs_graph(optimizer))
+    return compiled_field(model, warm_up, signal.device, eager_when=functools.partial(needs_graph, optimizer))
+
+
+def follow_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Run a compiled ``model`` eager on ``optimizer``'s curvature steps from now on (a phase that trains with an
+    optimizer of its own, e.g. --coarse); a plain model is left as it is."""
+    if isinstance(model, CompiledField):
+        model.eager_when = functools.partial(needs_graph, optimizer)
 

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import soundfile
+import torch
 from skimage import data
 
+from fitters import coarse
+from fitters import compile as compile_module
 from fitters.cli.bench import main as bench_main
 from fitters.cli.fit import main
-from fitters.config import parse_coarse
+from fitters.config import FitConfig, parse_coarse, resolve
+from nf_precond.nn import CompiledField
+from nf_precond.optim import build_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,3 +102,27 @@ def test_nf_fit_dir_and_nf_bench_refuse_coarse(tmp_path: Path, photo: Path, caps
     assert bench_main([str(photo), "--coarse", "2:1", "--optims", "adam", "--steps", "2", *SMALL,
                        "--results-dir", str(tmp_path / "bench")]) == 2  # fmt: skip
     assert "--coarse 2:1 applies to nf-fit" in capsys.readouterr().err
+
+
+def test_each_phase_runs_eager_on_its_own_optimizers_curvature_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    field = torch.nn.Linear(2, 3)
+    compiled = CompiledField(field)
+    loop_optimizer = build_optimizer("adam", field, lr=1e-3)
+    compile_module.follow_optimizer(compiled, loop_optimizer)
+    seen = []
+
+    class RecordingLoop:
+        def __init__(self, signal, model, optimizer, *_, **__):
+            seen.append((optimizer is not loop_optimizer, model.eager_when()))
+
+        def run(self):
+            return SimpleNamespace(status="done", time_s=1.0, closure_evals=1, step=1, final_metrics={"psnr": 1.0})
+
+    monkeypatch.setattr(coarse, "FitLoop", RecordingLoop)
+    monkeypatch.setattr(coarse, "build_sampler", lambda *_: None)
+    config = resolve(FitConfig(path=Path("photo.png"), out=Path("unused"), optim="esgd", batch_size=0))
+    copy = SimpleNamespace(height=4, width=4, metric="psnr")
+    loop = SimpleNamespace(model=compiled, optimizer=loop_optimizer, time_s=0.0, closure_evals=0)
+    coarse.fit_coarse(config, loop, [(copy, 1.0), (copy, 1.0)], progress=False)
+    assert seen == [(True, True), (True, True)]  # each phase's fresh ESGD asks for its curvature graph
+    assert compiled.eager_when() is False  # and the run goes on following its own (Adam) optimizer

@@ -14,6 +14,8 @@ from fitters import compile as compile_module
 from fitters.cli.fit import main
 from fitters.config import FitConfig, resolve
 from fitters.signals.image import ImageSignal
+from nf_precond.nn import CompiledField
+from nf_precond.optim import build_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,3 +85,15 @@ def test_compile_on_is_refused_for_optimizers_that_cannot_compile(photo_path: Pa
     assert main([str(photo_path), "--optim", "kfac", "--compile", "on", "--out", str(tmp_path / "run")]) == 2
     assert "--compile on" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_follow_optimizer_points_a_compiled_fields_eager_switch_at_that_optimizer() -> None:
+    field = torch.nn.Linear(2, 1)
+    compiled = CompiledField(field)
+    esgd, adam = build_optimizer("esgd", field, lr=0.1), build_optimizer("adam", field, lr=1e-3)
+    compile_module.follow_optimizer(compiled, esgd)
+    assert compiled.eager_when()  # an un-stepped ESGD estimates curvature on its first step
+    compile_module.follow_optimizer(compiled, adam)
+    assert not compiled.eager_when()
+    compile_module.follow_optimizer(field, esgd)  # a plain field has no switch and gets none
+    assert not hasattr(field, "eager_when")
