@@ -29,15 +29,22 @@ at equal iterations. Reported:
   amortized) over gauss-adam's, on the same step range;
 - one held-out view rendered by every method at equal time, beside the ground truth (PNG).
 
-`--sweep gauss-esgd@0.1,gauss-esgd@0.3,gauss-esgd@1` trains only those runs (each at that lr, its lr schedule's
-final lr scaled with it) beside the method's first baseline (gauss-adam), all in one run, and reports the tables
-above without the targets (default name `nerf_bench_sweep`): a learning-rate sweep for the method.
+`--sweep gauss-esgd@0.1,gauss-esgd@0.3,gauss-adam@3e-4` trains only those runs (each at that lr, its lr schedule's
+final lr scaled with it) beside the method's first baseline (gauss-adam at its own lr; a swept baseline is compared
+with that too), all in one run, and reports the tables above without the targets (default name
+`nerf_bench_sweep`): a learning-rate sweep of the method and of its baseline. `--lr gauss-esgd=0.1,gauss-adam=3e-4`
+then trains the full benchmark at the sweep's winners, so each side of a pair is tuned.
+
+`--trunk 4x128` resizes the hierarchical NeRFs' trunk (gauss-esgd, gauss-adam) for every run: paper 2's 8x256 takes
+about a second per 256-ray step on two CPU cores, so a CPU run of tens of minutes stays in the first few hundred
+steps, where every method still renders the scene's mean color; a smaller trunk gets thousands of steps.
 
 Results go to `--out` (default benchmarks/results) as `<name>.md`, `<name>.json` and `<name>_test_view.png`.
 `--smoke` runs a tiny scene for seconds per method (ESGD's warm-up shortened so the step-cost path runs) and writes
 to a fresh temporary folder unless `--out` is given: it proves the script works and measures nothing.
 
-Run: `python -m benchmarks.nerf_bench [--minutes 20] [--device cpu|cuda] [--sweep METHOD@LR,...]`.
+Run: `python -m benchmarks.nerf_bench [--minutes 20] [--device cpu|cuda] [--trunk LxH] [--sweep METHOD@LR,... | --lr
+METHOD=LR,...]`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -81,6 +89,8 @@ PAIRS = (
 )
 BASELINES = tuple(dict.fromkeys(baseline for _, baseline in PAIRS))
 METHODS = tuple(dict.fromkeys(method for method, _ in PAIRS))
+TUNABLE = METHODS + tuple(name for name in BASELINES if name != "vanilla-nerf")
+"""Methods whose lr --sweep and --lr set: ours and our Adam baselines (vanilla-nerf is the reference as shipped)."""
 EMA = 0.9
 """Smoothing of the train MSE before it is turned into PSNR (the papers read TensorBoard curves smoothed 0.8-0.9)."""
 FINE_LOSS = {"vanilla-nerf": "rgb_loss_fine"}
@@ -164,6 +174,10 @@ def method_config(name: str, data: Path, output_dir: Path, args: argparse.Namesp
     hierarchical = name.startswith(("gauss", "sine"))
     config = configure(name, data, output_dir, device=args.device, rays=rays, samples=args.samples,
                        importance_samples=args.importance_samples if hierarchical else None)  # fmt: skip
+    if hierarchical and args.trunk is not None:
+        model = config.pipeline.model
+        layers, hidden = args.trunk
+        model.field = dataclasses.replace(model.field, layers=layers, hidden=hidden)
     if lr is not None:
         fields = config.optimizers["fields"]
         if fields["scheduler"] is not None:
@@ -348,7 +362,11 @@ def markdown(settings: dict, runs: Dict[str, Run], rows: list[dict], cost: Optio
         f"Command: `{settings['command']}`", "",
         f"Scene: rendered forward-facing scene, {settings['views']} views at {settings['height']}x{settings['width']}, "
         f"every 8th held out (test views: {settings['test_views']}); {minutes} min of training per method on "
-        f"{settings['device']}; rays per batch: {settings['rays']}; {settings['threads']} torch threads; "
+        f"{settings['device']}; rays per batch: {settings['rays']}; "
+        + ("" if settings["trunk"] is None else "Gaussian NeRF trunk: {}x{}; ".format(*settings["trunk"]))
+        + ("" if not settings["lrs"] else "lrs (tuned): {}; ".format(
+            ", ".join(f"{method} {lr:g}" for method, lr in settings["lrs"].items())))
+        + f"{settings['threads']} torch threads; "
         f"{settings['machine']['cpu']}, 1-min load before the runs {settings['machine']['load_average_1min']}.", "",
         f"## Equal wall time ({minutes} min of training steps per method)", "",
         "| method | iterations | s/iteration | evaluations/step | final train PSNR | test PSNR | test SSIM |"
@@ -419,32 +437,60 @@ Plan = list[tuple[str, str, Optional[float]]]
 """(run label, method, lr or None for the method's own) in training order."""
 
 
-def full_plan() -> tuple[Plan, tuple[tuple[str, str], ...]]:
-    """Every baseline, then every method, at their own lrs; the pairs of the table above."""
-    return [(name, name, None) for name in BASELINES + METHODS], PAIRS
+def parse_trunk(text: str) -> tuple[int, int]:
+    """``"4x128"`` -> (layers, hidden) (an argparse type: a bad value is one error line)."""
+    layers, _, hidden = text.lower().partition("x")
+    if not (layers.isdigit() and hidden.isdigit() and int(layers) >= 1 and int(hidden) >= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not LAYERSxHIDDEN with both >= 1 (for example 4x128)")
+    return int(layers), int(hidden)
 
 
-def parse_sweep(text: str) -> list[tuple[str, float]]:
-    """``"gauss-esgd@0.1,gauss-esgd@0.3"`` -> [(method, lr), ...] (an argparse type: a bad item is one error line)."""
+def full_plan(lrs: Optional[dict[str, float]] = None) -> tuple[Plan, tuple[tuple[str, str], ...]]:
+    """Every baseline, then every method, at the lrs of `lrs` (tuned ones) or their own; the pairs of the table
+    above."""
+    lrs = lrs or {}
+    return [(name, name, lrs.get(name)) for name in BASELINES + METHODS], PAIRS
+
+
+def parse_runs(text: str, separator: str) -> list[tuple[str, float]]:
+    """``"gauss-esgd<sep>0.1,gauss-adam<sep>3e-4"`` -> [(method, lr), ...] for a method or one of our baselines (an
+    argparse type's core: a bad item is one error line)."""
     runs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        method, _, lr = item.partition("@")
-        if method not in METHODS:
-            raise argparse.ArgumentTypeError(f"{method!r} is not a benchmarked method; choose from {', '.join(METHODS)}")
+        method, _, lr = item.partition(separator)
+        if method not in TUNABLE:
+            raise argparse.ArgumentTypeError(f"{method!r} is not a benchmarked method with an lr; choose from "
+                                             f"{', '.join(TUNABLE)}")  # fmt: skip
         try:
             runs.append((method, float(lr)))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r} is not METHOD@LR (for example gauss-esgd@0.3)") from None
+            example = f"gauss-esgd{separator}0.3"
+            raise argparse.ArgumentTypeError(f"{item!r} is not METHOD{separator}LR (for example {example})") from None
         if not runs[-1][1] > 0:
             raise argparse.ArgumentTypeError(f"{item!r}: the lr must be > 0")
     if not runs:
-        raise argparse.ArgumentTypeError("name at least one METHOD@LR")
+        raise argparse.ArgumentTypeError(f"name at least one METHOD{separator}LR")
     return runs
 
 
+def parse_sweep(text: str) -> list[tuple[str, float]]:
+    """``"gauss-esgd@0.1,gauss-adam@3e-4"`` -> [(method, lr), ...] (an argparse type)."""
+    return parse_runs(text, "@")
+
+
+def parse_lrs(text: str) -> dict[str, float]:
+    """``"gauss-esgd=0.1,gauss-adam=3e-4"`` -> {method: lr} (an argparse type; a method named twice is refused)."""
+    runs = parse_runs(text, "=")
+    lrs = dict(runs)
+    if len(lrs) != len(runs):
+        raise argparse.ArgumentTypeError(f"{text!r} names a method twice")
+    return lrs
+
+
 def sweep_plan(sweep: list[tuple[str, float]]) -> tuple[Plan, tuple[tuple[str, str], ...]]:
-    """Each swept method's first baseline at its own lr, then every METHOD@LR run, each paired with that baseline."""
-    baseline_of = {method: next(b for m, b in PAIRS if m == method) for method, _ in sweep}
+    """Each swept method's first baseline at its own lr, then every METHOD@LR run, each paired with that baseline (a
+    swept baseline: with itself at its own lr)."""
+    baseline_of = {method: next((b for m, b in PAIRS if m == method), method) for method, _ in sweep}
     baselines = list(dict.fromkeys(baseline_of.values()))
     runs = [(f"{method}@{lr:g}", method, lr) for method, lr in sweep]
     return ([(b, b, None) for b in baselines] + runs,
@@ -463,19 +509,28 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--samples", type=int, default=None, help="uniform/coarse samples per ray (default: methods')")
     parser.add_argument("--importance-samples", type=int, default=None,
                         help="fine samples per ray of the hierarchical methods (default: methods')")
+    parser.add_argument("--trunk", type=parse_trunk, default=None, metavar="LAYERSxHIDDEN",
+                        help="trunk of the hierarchical NeRFs (gauss-esgd, gauss-adam) for every run, e.g. 4x128: a "
+                             "field two CPU cores train thousands of steps of (default: the methods' 8x256)")
     parser.add_argument("--views", type=int, default=24, help="rendered views (every 8th held out)")
     parser.add_argument("--height", type=int, default=120, help="image height (default: 480 / 4)")
     parser.add_argument("--width", type=int, default=160, help="image width (default: 640 / 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--sweep", type=parse_sweep, default=None, metavar="METHOD@LR,...",
                         help="train only these runs beside the method's Adam baseline, each at that lr (its "
-                             "schedule's final lr scaled with it), e.g. gauss-esgd@0.1,gauss-esgd@0.3,gauss-esgd@1")
+                             "schedule's final lr scaled with it), e.g. gauss-esgd@0.1,gauss-esgd@0.3,gauss-adam@3e-4 "
+                             "(a swept baseline is compared with itself at its own lr)")
+    parser.add_argument("--lr", type=parse_lrs, default=None, metavar="METHOD=LR,...",
+                        help="train these methods at these lrs in the full benchmark (their schedules' final lrs "
+                             "scaled alike), e.g. the winners of a --sweep: gauss-esgd=0.1,gauss-adam=3e-4")
     parser.add_argument("--name", default=None, help="results file stem (default nerf_bench, --sweep: "
                         "nerf_bench_sweep; --smoke adds _smoke)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results; smoke: "
                         "a new temporary folder)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="seconds per method on a tiny scene (proves it runs)")
     args = parser.parse_args(argv)
+    if args.sweep and args.lr:
+        parser.error("--lr sets the full benchmark's lrs; a --sweep names each run's lr itself: drop one")
     if args.smoke:
         args.minutes = 2.0 / 60
         args.views, args.height, args.width = 8, 24, 32
@@ -497,7 +552,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         scene = render_llff(Path(workdir) / "scene", num_views=args.views, height=args.height, width=args.width,
                             downscale_factors=())  # fmt: skip
-        plan, pairs = sweep_plan(args.sweep) if args.sweep else full_plan()
+        plan, pairs = sweep_plan(args.sweep) if args.sweep else full_plan(args.lr)
         for label, method, lr in plan:
             keep_at = {runs[b].iterations for m, b in pairs if m == label}
             config = method_config(method, scene.root, Path(workdir) / "runs", args, rays, lr)
@@ -513,8 +568,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     cost = None if args.sweep else step_cost(runs["gauss-esgd"], runs["gauss-adam"])
     command = "python -m benchmarks.nerf_bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     settings = {"command": command.strip(), "minutes": args.minutes, "device": args.device, "rays": rays,
-                "samples": args.samples, "importance_samples": args.importance_samples, "views": args.views,
-                "test_views": len(range(0, args.views, 8)), "height": args.height, "width": args.width,
+                "samples": args.samples, "importance_samples": args.importance_samples, "trunk": args.trunk,
+                "lrs": args.lr, "views": args.views, "test_views": len(range(0, args.views, 8)),
+                "height": args.height, "width": args.width,
                 "threads": torch.get_num_threads(), "lpips": lpips is not None, "smoke": args.smoke,
                 "machine": machine}  # fmt: skip
     render_name = f"{name}_test_view.png"
